@@ -1,0 +1,515 @@
+"""Procedural indoor scenes whose labels come from one ray-cast geometry.
+
+Every label of a sample is computed from the same per-pixel hit (distance, surface normal,
+instance, face, solid-texture cell), so the labels agree with each other exactly: depth and
+z-buffer depth differ by the ray cosine, normals are the derivative of the depth surface,
+occlusion edges sit on depth discontinuities.
+
+Conventions (camera frame: x right, y down, z forward; world frame: z up):
+
+- ``image``  float32 (3, H, W) in [0, 1], quantized to 8 bit like a photograph.
+- ``semseg`` int64 (H, W), classes :data:`SEMSEG_CLASSES`; 255 = ignore (never produced here:
+  the room is closed, so every pixel hits a surface).
+- ``depth`` euclidean distance along the ray in metres; ``depth_zbuffer`` its z component.
+  float32 (1, H, W); 0 = invalid (never produced here).
+- ``normals`` float32 (3, H, W) unit vectors in the camera frame, facing the camera;
+  the zero vector = invalid (never produced here).
+- ``edges`` float32 (1, H, W) in {0, 1}: texture, crease and occlusion boundaries.
+  ``edges_occlusion``: occlusion boundaries only (a surface in front of another).
+  Both mark the nearer pixel of each discontinuous 4-neighbour pair (one pixel thick).
+- ``reshading`` float32 (1, H, W) in [0, 1]: Lambertian shading under a white light
+  without albedo, ``0.2 + 0.8 * max(0, n . l)``.
+- ``intrinsics`` float32 (3, 3) pinhole matrix in pixels.
+
+Determinism: a sample depends only on (seed, split, domain, index, size). Scene parameters
+come from NumPy's PCG64 streams and per-pixel work uses only IEEE-exact operations
+(+, -, *, /, sqrt, floor, comparisons), so samples are bit-identical across machines.
+"""
+
+from __future__ import annotations
+
+import colorsys
+import math
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+#: Semantic classes of the synthetic scenes, in label order.
+SEMSEG_CLASSES: tuple[str, ...] = ("floor", "wall", "ceiling", "box", "sphere", "cylinder")
+#: Every label the renderer produces, in a stable order.
+SYNTHETIC_TASKS: tuple[str, ...] = (
+    "semseg", "depth", "depth_zbuffer", "normals", "edges", "edges_occlusion", "reshading",
+)
+SPLITS: dict[str, int] = {"train": 0, "val": 1, "test": 2, "pretrain": 3}
+IGNORE_INDEX = 255
+#: Bump when rendering changes, so disk caches of older samples are not reused.
+RENDERER_VERSION = 1
+
+_FLOOR, _WALL, _CEILING, _BOX, _SPHERE, _CYLINDER = range(6)
+_EPS = 1e-6
+_CONTINUITY_TOL = 0.05  # relative depth gap above which a neighbour pair is an occlusion
+
+
+@dataclass(frozen=True)
+class Domain:
+    """Appearance of a domain: palette, light, textures and sensor. Geometry is shared."""
+
+    saturation: tuple[float, float]
+    value: tuple[float, float]
+    light_rgb: tuple[float, float, float]
+    ambient: float
+    intensity: float
+    texture_kinds: tuple[str, ...]
+    texture_freq: tuple[float, float]
+    texture_contrast: tuple[float, float]
+    noise: float
+    gamma: float
+
+
+#: Appearance domains. ``a`` and ``b`` are the train/adaptation pair; ``c`` is kept for
+#: backbone pretraining so its images never coincide with the demo's.
+DOMAINS: dict[str, Domain] = {
+    "a": Domain((0.45, 0.9), (0.45, 0.95), (1.0, 0.92, 0.78), 0.30, 0.85,
+                ("checker", "checker", "plain", "stripes"), (1.5, 4.0), (0.3, 0.6), 0.015, 2.2),
+    "b": Domain((0.0, 0.3), (0.25, 0.8), (0.70, 0.82, 1.0), 0.12, 1.10,
+                ("stripes", "stripes", "plain", "checker"), (3.0, 8.0), (0.15, 0.35), 0.06, 1.6),
+    "c": Domain((0.1, 0.8), (0.3, 0.9), (1.0, 1.0, 1.0), 0.22, 0.95,
+                ("checker", "stripes", "plain"), (1.0, 6.0), (0.2, 0.5), 0.03, 2.0),
+}
+
+
+def _to_hw(size: int | Sequence[int]) -> tuple[int, int]:
+    if isinstance(size, int):
+        size = (size, size)
+    h, w = (int(s) for s in size)
+    if h < 2 or w < 2:
+        raise ValueError(f"size must be at least 2x2 pixels, got {size}")
+    return h, w
+
+
+def _rng(seed: int, split: str, domain: str, index: int, stream: int) -> np.random.Generator:
+    if split not in SPLITS:
+        raise ValueError(f"unknown split {split!r}; expected one of {sorted(SPLITS)}")
+    if domain not in DOMAINS:
+        raise ValueError(f"unknown domain {domain!r}; expected one of {sorted(DOMAINS)}")
+    key = [int(seed), SPLITS[split], ord(domain), int(index), stream]
+    return np.random.Generator(np.random.PCG64(np.random.SeedSequence(key)))
+
+
+def _rot_z(theta: float) -> np.ndarray:
+    c, s = math.cos(theta), math.sin(theta)
+    return np.array([[c, -s, 0.0], [s, c, 0.0], [0.0, 0.0, 1.0]])
+
+
+def sample_geometry(seed: int, split: str, domain: str, index: int) -> dict:
+    """Scene geometry: room, camera, objects and light (domain-independent statistics)."""
+    g = _rng(seed, split, domain, index, stream=0)
+    room = np.array([g.uniform(4.0, 8.0), g.uniform(4.0, 8.0), g.uniform(2.5, 3.5)])
+    cam = np.array([g.uniform(0.8, room[0] - 0.8), g.uniform(0.8, room[1] - 0.8), g.uniform(1.0, 1.8)])
+    yaw = g.uniform(0.0, 2.0 * math.pi)
+    pitch = math.radians(g.uniform(-32.0, -6.0))
+    roll = math.radians(g.uniform(-4.0, 4.0))
+    fov_x = math.radians(g.uniform(58.0, 72.0))
+
+    forward = np.array([math.cos(pitch) * math.cos(yaw), math.cos(pitch) * math.sin(yaw), math.sin(pitch)])
+    right = np.array([math.sin(yaw), -math.cos(yaw), 0.0])
+    down = np.cross(forward, right)
+    cr, sr = math.cos(roll), math.sin(roll)
+    right, down = cr * right + sr * down, -sr * right + cr * down
+    rotation = np.stack([right, down, forward], axis=1)  # columns: camera axes in world
+
+    objects = []
+    for _ in range(int(g.integers(3, 9))):
+        kind = int(g.integers(0, 3))
+        if g.random() < 0.8:  # mostly in front of the camera so that objects are seen
+            ang = yaw + g.uniform(-0.5, 0.5) * fov_x
+            dist = g.uniform(1.2, 5.0)
+            xy = cam[:2] + dist * np.array([math.cos(ang), math.sin(ang)])
+        else:
+            xy = np.array([g.uniform(0.3, room[0] - 0.3), g.uniform(0.3, room[1] - 0.3)])
+        xy = np.clip(xy, 0.4, room[:2] - 0.4)
+        if kind == 0:
+            half = np.array([g.uniform(0.15, 0.6), g.uniform(0.15, 0.6), g.uniform(0.15, 0.7)])
+            obj = dict(kind=_BOX, center=np.array([xy[0], xy[1], half[2]]), half=half,
+                       yaw=g.uniform(0.0, math.pi))
+        elif kind == 1:
+            r = g.uniform(0.15, 0.5)
+            z = r if g.random() < 0.7 else g.uniform(r, min(2.0, room[2] - r))
+            obj = dict(kind=_SPHERE, center=np.array([xy[0], xy[1], z]), radius=r)
+        else:
+            obj = dict(kind=_CYLINDER, center=np.array([xy[0], xy[1], 0.0]), radius=g.uniform(0.1, 0.4),
+                       height=g.uniform(0.3, 1.6))
+        # keep the camera outside every object
+        reach = float(np.max(obj.get("half", [obj.get("radius", 0.0)]))) * 1.5 + 0.3
+        if np.hypot(*(obj["center"][:2] - cam[:2])) > reach:
+            objects.append(obj)
+    light = np.array([g.uniform(0.5, room[0] - 0.5), g.uniform(0.5, room[1] - 0.5), room[2] - 0.1])
+    return dict(room=room, cam=cam, rotation=rotation, fov_x=fov_x, objects=objects, light=light)
+
+
+def sample_appearance(seed: int, split: str, domain: str, index: int, num_instances: int) -> dict:
+    """Per-instance colours and solid textures plus the domain's light and sensor."""
+    g = _rng(seed, split, domain, index, stream=1)
+    dom = DOMAINS[domain]
+    colours = np.zeros((num_instances, 2, 3))
+    kinds, freqs, dirs = [], [], np.zeros((num_instances, 3))
+    for i in range(num_instances):
+        hue = g.random()
+        sat = g.uniform(*dom.saturation)
+        val = g.uniform(*dom.value)
+        base = np.array(colorsys.hsv_to_rgb(hue, sat, val))
+        contrast = g.uniform(*dom.texture_contrast)
+        colours[i, 0] = base
+        colours[i, 1] = base * (1.0 - contrast)
+        kinds.append(dom.texture_kinds[int(g.integers(0, len(dom.texture_kinds)))])
+        freqs.append(g.uniform(*dom.texture_freq))
+        v = g.normal(size=3)
+        dirs[i] = v / max(math.sqrt(float(v[0] ** 2 + v[1] ** 2 + v[2] ** 2)), 1e-9)
+    return dict(colours=colours, kinds=kinds, freqs=np.array(freqs), dirs=dirs, domain=dom, rng=g)
+
+
+def intrinsics_matrix(fov_x: float, height: int, width: int) -> np.ndarray:
+    """Pinhole intrinsics in pixels with square pixels and the principal point at the centre."""
+    f = width / (2.0 * math.tan(fov_x / 2.0))
+    return np.array([[f, 0.0, width / 2.0], [0.0, f, height / 2.0], [0.0, 0.0, 1.0]])
+
+
+def _dot(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Dot product over the last axis (size 3), in a fixed order with no BLAS or FMA."""
+    return a[..., 0] * b[..., 0] + a[..., 1] * b[..., 1] + a[..., 2] * b[..., 2]
+
+
+def _rows_times(x: np.ndarray, m: np.ndarray) -> np.ndarray:
+    """``x @ m`` for (..., 3) rows and a 3x3 matrix, in a fixed order (bit-exact everywhere)."""
+    return x[..., 0:1] * m[0] + x[..., 1:2] * m[1] + x[..., 2:3] * m[2]
+
+
+def _safe(d: np.ndarray) -> np.ndarray:
+    return np.where(d == 0.0, 1e-12, d)
+
+
+# Each primitive has ``_t_<kind>(o, d, obj) -> (t, ctx)``, the hit distance of every ray (inf on
+# a miss), and ``_attr_<kind>(o, d, obj, ctx, idx) -> (normal, local, face)`` for the rays
+# ``idx`` that it wins. Attributes are computed once per pixel, for the nearest primitive only.
+
+def _t_room(o, d, room):
+    t_axes = (np.where(d > 0, room[None, :], 0.0) - o[None, :]) / _safe(d)
+    axis = np.argmin(t_axes, axis=1)
+    return t_axes[np.arange(len(axis)), axis], axis
+
+
+def _attr_room(o, d, room, axis, idx):
+    axis = axis[idx]
+    rows = np.arange(len(idx))
+    positive = d[idx, axis] > 0
+    normal = np.zeros((len(idx), 3))
+    normal[rows, axis] = np.where(positive, -1.0, 1.0)
+    instance = np.where(axis == 2, positive.astype(np.int64), 2 + 2 * axis + positive)
+    cls = np.where(axis == 2, np.where(positive, _CEILING, _FLOOR), _WALL)
+    return normal, instance, cls
+
+
+def _t_sphere(o, d, obj):
+    oc = o - obj["center"]
+    b = _dot(d, oc)
+    disc = b * b - (_dot(oc, oc) - obj["radius"] ** 2)
+    t = -b - np.sqrt(np.maximum(disc, 0.0))
+    return np.where((disc > 0) & (t > _EPS), t, np.inf), None
+
+
+def _attr_sphere(o, d, obj, t, ctx, idx):
+    local = (o - obj["center"])[None, :] + t[:, None] * d[idx]
+    return local / obj["radius"], local, np.zeros(len(idx), np.int64)
+
+
+def _t_box(o, d, obj):
+    # slab test in the box frame (a rotation about z), one contiguous array per axis
+    c, s = math.cos(obj["yaw"]), math.sin(obj["yaw"])
+    rel = o - obj["center"]
+    p = (c * rel[0] + s * rel[1], -s * rel[0] + c * rel[1], rel[2])
+    dx, dy = d[:, 0].copy(), d[:, 1].copy()
+    dl = (c * dx + s * dy, -s * dx + c * dy, d[:, 2].copy())
+    t_enter, t_exit = None, None
+    axis = np.zeros(len(dx), np.int64)
+    for k in range(3):
+        inv = 1.0 / _safe(dl[k])
+        t1 = (-obj["half"][k] - p[k]) * inv
+        t2 = (obj["half"][k] - p[k]) * inv
+        near, far = np.minimum(t1, t2), np.maximum(t1, t2)
+        if t_enter is None:
+            t_enter, t_exit = near, far
+        else:
+            axis = np.where(near > t_enter, k, axis)
+            t_enter, t_exit = np.maximum(t_enter, near), np.minimum(t_exit, far)
+    rot = np.array([[c, -s, 0.0], [s, c, 0.0], [0.0, 0.0, 1.0]])
+    hit = (t_enter <= t_exit) & (t_enter > _EPS)
+    return np.where(hit, t_enter, np.inf), (rot, np.array(p), np.stack(dl, axis=1), axis)
+
+
+def _attr_box(o, d, obj, t, ctx, idx):
+    rot, p, dl, axis = ctx
+    dl, axis = dl[idx], axis[idx]
+    rows = np.arange(len(idx))
+    positive = dl[rows, axis] > 0
+    n_local = np.zeros((len(idx), 3))
+    n_local[rows, axis] = np.where(positive, -1.0, 1.0)
+    local = p[None, :] + t[:, None] * dl
+    local[rows, axis] = 0.0
+    return _rows_times(n_local, rot.T), local, 2 * axis + positive
+
+
+def _t_cylinder(o, d, obj):
+    p = o - obj["center"]
+    r, h = obj["radius"], obj["height"]
+    a = d[:, 0] ** 2 + d[:, 1] ** 2
+    b = d[:, 0] * p[0] + d[:, 1] * p[1]
+    disc = b * b - a * (p[0] ** 2 + p[1] ** 2 - r * r)
+    t_side = (-b - np.sqrt(np.maximum(disc, 0.0))) / _safe(a)
+    z = p[2] + t_side * d[:, 2]
+    t_side = np.where((disc > 0) & (a > 0) & (t_side > _EPS) & (z >= 0) & (z <= h), t_side, np.inf)
+    t_top = (h - p[2]) / _safe(d[:, 2])
+    xt, yt = p[0] + t_top * d[:, 0], p[1] + t_top * d[:, 1]
+    t_top = np.where((t_top > _EPS) & (xt * xt + yt * yt <= r * r), t_top, np.inf)
+    top = t_top < t_side
+    return np.where(top, t_top, t_side), top
+
+
+def _attr_cylinder(o, d, obj, t, top, idx):
+    top = top[idx]
+    local = (o - obj["center"])[None, :] + t[:, None] * d[idx]
+    r = obj["radius"]
+    normal = np.where(top[:, None], np.array([0.0, 0.0, 1.0]),
+                      np.stack([local[:, 0] / r, local[:, 1] / r, np.zeros(len(idx))], axis=1))
+    local[:, 2] = np.where(top, 0.0, local[:, 2])
+    return normal, local, top.astype(np.int64)
+
+
+_PRIMITIVES = {
+    _BOX: (_t_box, _attr_box),
+    _SPHERE: (_t_sphere, _attr_sphere),
+    _CYLINDER: (_t_cylinder, _attr_cylinder),
+}
+
+
+def _cast(o: np.ndarray, d: np.ndarray, geo: dict):
+    """Nearest hit of every ray: distance, normal, texture coords, instance, face, class."""
+    n = d.shape[0]
+    t_room, room_axis = _t_room(o, d, geo["room"])
+    ts, ctxs = [t_room], []
+    for obj in geo["objects"]:
+        t, ctx = _PRIMITIVES[obj["kind"]][0](o, d, obj)
+        ts.append(t)
+        ctxs.append(ctx)
+    all_t = np.stack(ts)
+    winner = np.argmin(all_t, axis=0)
+    t = all_t[winner, np.arange(n)]
+
+    normal, local = np.zeros((n, 3)), np.zeros((n, 3))
+    instance, face, cls = (np.zeros(n, np.int64) for _ in range(3))
+    idx = np.flatnonzero(winner == 0)
+    normal[idx], instance[idx], cls[idx] = _attr_room(o, d, geo["room"], room_axis, idx)
+    local[idx] = o[None, :] + t[idx, None] * d[idx]
+    local[idx, room_axis[idx]] = 0.0  # texture coordinates lie in the wall's plane
+    for k, (obj, ctx) in enumerate(zip(geo["objects"], ctxs), start=1):
+        idx = np.flatnonzero(winner == k)
+        if idx.size:
+            normal[idx], local[idx], face[idx] = _PRIMITIVES[obj["kind"]][1](o, d, obj, t[idx], ctx, idx)
+            instance[idx], cls[idx] = 5 + k, obj["kind"]
+    return t, normal, local, instance, face, cls
+
+
+def _texture_pattern(local, instance, app) -> np.ndarray:
+    """Binary solid-texture cell (0/1) per pixel from the instance's texture."""
+    freqs = app["freqs"][instance][:, None]
+    kinds = np.array(app["kinds"])[instance]
+    cells = np.floor(local * freqs)
+    checker = (cells.sum(axis=1).astype(np.int64) % 2)
+    stripes = (np.floor(_dot(local, app["dirs"][instance]) * freqs[:, 0]).astype(np.int64) % 2)
+    return np.where(kinds == "checker", checker, np.where(kinds == "stripes", stripes, 0))
+
+
+def _pair_edges(t, pos, normal, ray, instance, face, pattern, origin):
+    """Edge and occlusion marks for 4-neighbour pairs; the nearer pixel of a pair is marked.
+
+    Arrays are (H, W, ...). A pair of different instances is continuous (a crease, not an
+    occlusion) when one surface's tangent plane, extended along the other pixel's ray, lands
+    within a relative ``_CONTINUITY_TOL`` of that pixel's depth.
+    """
+    h, w = t.shape
+    edges = np.zeros((h, w), dtype=bool)
+    occl = np.zeros((h, w), dtype=bool)
+    for axis in (0, 1):
+        a = (slice(None, -1), slice(None)) if axis == 0 else (slice(None), slice(None, -1))
+        b = (slice(1, None), slice(None)) if axis == 0 else (slice(None), slice(1, None))
+
+        def extends(src, dst):
+            denom = _dot(normal[src], ray[dst])
+            num = _dot(normal[src], pos[src] - origin)
+            t_ext = num / _safe(denom)
+            return (np.abs(denom) > 1e-6) & (np.abs(t_ext - t[dst]) <= _CONTINUITY_TOL * t[dst])
+
+        other = instance[a] != instance[b]
+        any_edge = other | (face[a] != face[b]) | (pattern[a] != pattern[b])
+        occluding = other & ~(extends(a, b) | extends(b, a))
+        a_nearer = t[a] <= t[b]
+        for marks, flag in ((edges, any_edge), (occl, occluding)):
+            marks[a] |= flag & a_nearer
+            marks[b] |= flag & ~a_nearer
+    return edges, occl
+
+
+def render_scene(seed: int, split: str, index: int, domain: str = "a", size: int | Sequence[int] = 64) -> dict:
+    """Render one sample; returns NumPy arrays in the layouts of the module docstring."""
+    height, width = _to_hw(size)
+    geo = sample_geometry(seed, split, domain, index)
+    num_instances = 6 + len(geo["objects"])
+    app = sample_appearance(seed, split, domain, index, num_instances)
+    k = intrinsics_matrix(geo["fov_x"], height, width)
+
+    u = (np.arange(width) + 0.5 - k[0, 2]) / k[0, 0]
+    v = (np.arange(height) + 0.5 - k[1, 2]) / k[1, 1]
+    d_cam = np.stack(np.broadcast_arrays(u[None, :], v[:, None], np.ones((1, 1))), axis=-1).reshape(-1, 3)
+    cam_norm = np.sqrt(_dot(d_cam, d_cam))
+    d = _rows_times(d_cam, geo["rotation"].T) / cam_norm[:, None]
+    o = geo["cam"]
+
+    t, normal, local, instance, face, cls = _cast(o, d, geo)
+    normal = normal * np.where(_dot(normal, d) > 0, -1.0, 1.0)[:, None]
+    pos = o[None, :] + t[:, None] * d
+    pattern = _texture_pattern(local, instance, app)
+
+    to_light = geo["light"][None, :] - pos
+    dist = np.sqrt(_dot(to_light, to_light))
+    n_dot_l = np.maximum(_dot(normal, to_light) / dist, 0.0)
+    reshading = 0.2 + 0.8 * n_dot_l
+
+    dom = app["domain"]
+    albedo = app["colours"][instance, pattern]
+    light = (dom.ambient + dom.intensity * n_dot_l / (1.0 + 0.04 * dist * dist))[:, None] * np.array(dom.light_rgb)
+    noise = (app["rng"].random((d.shape[0], 3)) - 0.5) * (2.0 * dom.noise)
+    linear = np.clip(albedo * light + noise, 0.0, 1.0)
+    lut = np.round(255.0 * np.power(np.linspace(0.0, 1.0, 4096), 1.0 / dom.gamma)).astype(np.uint8)
+    image = lut[np.floor(linear * 4095.0 + 0.5).astype(np.int64)]
+
+    hw = (height, width)
+    edges, occl = _pair_edges(
+        t.reshape(hw), pos.reshape(*hw, 3), normal.reshape(*hw, 3), d.reshape(*hw, 3),
+        instance.reshape(hw), face.reshape(hw), pattern.reshape(hw), o,
+    )
+    return {
+        "image": image.reshape(*hw, 3),
+        "semseg": cls.reshape(hw).astype(np.uint8),
+        "depth": t.reshape(hw).astype(np.float32),
+        "depth_zbuffer": (t / cam_norm).reshape(hw).astype(np.float32),
+        "normals": _rows_times(normal, geo["rotation"]).reshape(*hw, 3).astype(np.float32),
+        "edges": edges.astype(np.uint8),
+        "edges_occlusion": occl.astype(np.uint8),
+        "reshading": reshading.reshape(hw).astype(np.float32),
+        "instance": instance.reshape(hw).astype(np.uint8),
+        "intrinsics": k.astype(np.float32),
+    }
+
+
+def to_sample(arrays: dict, tasks: Sequence[str]) -> dict[str, torch.Tensor]:
+    """Convert rendered arrays into the library's sample dict (see module docstring)."""
+    sample = {
+        "image": torch.from_numpy(arrays["image"]).permute(2, 0, 1).float().div_(255.0),
+        "intrinsics": torch.from_numpy(arrays["intrinsics"]),
+    }
+    for task in tasks:
+        a = torch.from_numpy(np.ascontiguousarray(arrays[task]))
+        if task == "semseg":
+            sample[task] = a.long()
+        elif task == "normals":
+            sample[task] = a.permute(2, 0, 1).contiguous()
+        else:
+            sample[task] = a.float().unsqueeze(0)
+    return sample
+
+
+def _atomic_save(path: Path, arrays: dict) -> None:
+    """Write ``arrays`` to ``path`` so that readers see the old file, the new one, or none."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            np.savez(f, **arrays)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+class SyntheticScenes(Dataset):
+    """Synthetic multitask indoor scenes, rendered on the fly (optionally cached to disk).
+
+    Args:
+        split: ``train``, ``val``, ``test`` or ``pretrain``; splits never share a scene.
+        size: output size, an int or ``(H, W)``.
+        domain: appearance domain, a key of :data:`DOMAINS`.
+        num_samples: length of the dataset.
+        seed: dataset seed; (seed, split, domain, index, size) fixes a sample bit for bit.
+        tasks: labels to return (default: all of :data:`SYNTHETIC_TASKS`).
+        cache_dir: if set, rendered samples are stored there as ``.npz`` (written atomically)
+            and read back on later accesses.
+    """
+
+    classes = SEMSEG_CLASSES
+
+    def __init__(
+        self,
+        split: str = "train",
+        size: int | Sequence[int] = 64,
+        domain: str = "a",
+        num_samples: int = 1000,
+        seed: int = 0,
+        tasks: Sequence[str] | None = None,
+        cache_dir: str | os.PathLike | None = None,
+    ):
+        self.tasks = tuple(SYNTHETIC_TASKS if tasks is None else tasks)
+        unknown = [t for t in self.tasks if t not in SYNTHETIC_TASKS]
+        if unknown:
+            raise ValueError(f"SyntheticScenes has no task(s) {unknown}; available: {list(SYNTHETIC_TASKS)}")
+        if num_samples < 0:
+            raise ValueError(f"num_samples must be >= 0, got {num_samples}")
+        _rng(seed, split, domain, 0, 0)  # validates split and domain
+        self.split, self.domain, self.seed = split, domain, int(seed)
+        self.size = _to_hw(size)
+        self.num_samples = int(num_samples)
+        self.cache_dir = Path(cache_dir) if cache_dir is not None else None
+
+    def __len__(self) -> int:
+        return self.num_samples
+
+    def _cache_path(self, index: int) -> Path:
+        h, w = self.size
+        name = f"v{RENDERER_VERSION}_s{self.seed}_{self.split}_{self.domain}_{h}x{w}_{index:07d}.npz"
+        return self.cache_dir / name
+
+    def render(self, index: int) -> dict:
+        """All rendered arrays of sample ``index`` (NumPy, before conversion)."""
+        if not 0 <= index < self.num_samples:
+            raise IndexError(f"index {index} out of range for {self.num_samples} samples")
+        if self.cache_dir is None:
+            return render_scene(self.seed, self.split, index, self.domain, self.size)
+        path = self._cache_path(index)
+        if path.exists():
+            try:
+                with np.load(path) as f:
+                    return {k: f[k] for k in f.files}
+            except Exception:  # unreadable: re-render and overwrite below
+                pass
+        arrays = render_scene(self.seed, self.split, index, self.domain, self.size)
+        _atomic_save(path, arrays)
+        return arrays
+
+    def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
+        return to_sample(self.render(index), self.tasks)
