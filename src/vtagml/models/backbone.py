@@ -1,0 +1,150 @@
+"""Frozen timm Swin / Swin V2 backbones: creation, local checkpoints, and the trunk split.
+
+The backbone is any timm Swin or Swin V2 model name (``swin_tiny_patch4_window7_224``,
+``swinv2_base_window12_192.ms_in22k``...), optionally with architecture overrides for a small
+CPU model (``embed_dim``, ``depths``, ``num_heads``, ``window_size``). Weights come from timm
+(``pretrained=True``, needs the hub) or a local file (``checkpoint_path``: ``.safetensors``
+or a ``.pth``/``.pt``/``.bin`` state dict, also in the original Swin repository's format).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import timm
+import torch
+from torch import nn
+
+_SWIN_MODULES = ("swin_transformer", "swin_transformer_v2")
+#: Keys a local checkpoint may carry that the feature backbone does not use.
+_UNUSED_PREFIXES = ("head.", "norm.")
+
+
+def _is_swin(model: nn.Module) -> bool:
+    from timm.models.swin_transformer import SwinTransformer
+    from timm.models.swin_transformer_v2 import SwinTransformerV2
+    return isinstance(model, (SwinTransformer, SwinTransformerV2))
+
+
+def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
+    """Tensors of a local checkpoint: safetensors, or a torch file loaded with ``weights_only``.
+
+    A torch file may hold the state dict itself or under ``state_dict`` / ``model``.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"backbone checkpoint not found: {path}")
+    try:
+        if path.suffix == ".safetensors":
+            from safetensors.torch import load_file
+            return load_file(str(path))
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:
+        raise ValueError(f"cannot read backbone checkpoint {path}: {err}") from err
+    for key in ("state_dict", "model"):
+        if isinstance(obj, dict) and isinstance(obj.get(key), dict):
+            obj = obj[key]
+    if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
+        raise ValueError(f"{path} does not hold a state dict of tensors")
+    return obj
+
+
+def load_backbone_checkpoint(model: nn.Module, path: str | os.PathLike) -> None:
+    """Load a local checkpoint into a timm Swin; error names missing and unexpected keys.
+
+    The classifier head and final norm may be absent or extra (they are not used for dense
+    prediction). The original Swin format is converted by timm's own ``checkpoint_filter_fn``.
+    """
+    state = read_state_dict(path)
+    module = __import__(type(model).__module__, fromlist=["checkpoint_filter_fn"])
+    if hasattr(module, "checkpoint_filter_fn"):
+        state = module.checkpoint_filter_fn(state, model)
+    state = {k: v for k, v in state.items() if not k.startswith("head.")}
+    result = model.load_state_dict(state, strict=False)
+    missing = [k for k in result.missing_keys if not k.startswith(_UNUSED_PREFIXES)]
+    unexpected = list(result.unexpected_keys)
+    if missing or unexpected:
+        raise ValueError(
+            f"backbone checkpoint {path} does not match {type(model).__name__}: "
+            f"missing keys {missing[:20]}{' ...' if len(missing) > 20 else ''}; "
+            f"unexpected keys {unexpected[:20]}{' ...' if len(unexpected) > 20 else ''}"
+        )
+
+
+def create_backbone(
+    name: str,
+    img_size: int | tuple[int, int] = 224,
+    pretrained: bool = False,
+    checkpoint_path: str | os.PathLike | None = None,
+    **overrides,
+) -> nn.Module:
+    """A timm Swin/Swin V2 without classifier that accepts any input size (dynamic masks)."""
+    if pretrained and checkpoint_path:
+        raise ValueError("give either pretrained=True or checkpoint_path, not both")
+    arch = name.split(".")[0]
+    if not timm.is_model(arch):
+        raise ValueError(f"unknown timm model {name!r}")
+    if timm.models.model_entrypoint(arch).__module__.rsplit(".", 1)[-1] not in _SWIN_MODULES:
+        raise ValueError(f"backbone {name!r} is not a Swin; vtagml adapts timm's Swin and Swin V2")
+    try:
+        model = timm.create_model(name, pretrained=pretrained, num_classes=0, img_size=img_size,
+                                  strict_img_size=False, drop_path_rate=0.0, **overrides)
+    except RuntimeError as err:
+        raise ValueError(f"cannot create backbone {name!r}: {err}") from err
+    if not _is_swin(model):
+        raise ValueError(f"backbone {name!r} is a {type(model).__name__}; vtagml adapts Swin and Swin V2")
+    if checkpoint_path:
+        load_backbone_checkpoint(model, checkpoint_path)
+    return model
+
+
+@dataclass
+class SwinSplit:
+    """A Swin cut into a task-agnostic trunk and per-task adaptable blocks.
+
+    Layouts are NHWC throughout (timm Swin's own).
+
+    Attributes:
+        patch_embed: image (B, 3, H, W) -> (B, H/4, W/4, C1).
+        trunk_stages: full stages before the adapted ones; their outputs are skip features.
+        trunk_head: the second-to-last stage's downsample and its first ``depth - k`` blocks;
+            its output is the encoded embedding z.
+        adapted_blocks: the last k blocks of the second-to-last stage.
+        last_downsample: the last stage's patch merging (frozen, run per task).
+        last_blocks: every block of the last stage.
+        channels, reductions: per stage, from timm's ``feature_info``.
+    """
+
+    patch_embed: nn.Module
+    trunk_stages: nn.ModuleList
+    trunk_head: nn.Sequential
+    adapted_blocks: list[nn.Module]
+    last_downsample: nn.Module
+    last_blocks: list[nn.Module]
+    channels: list[int]
+    reductions: list[int]
+
+
+def split_swin(model: nn.Module, adapt_last_k: int = 4) -> SwinSplit:
+    """Split ``model`` so that the last ``adapt_last_k`` blocks of the second-to-last stage and
+    the whole last stage are adapted (the paper's default: blocks 15-18 of stage 3 and stage 4)."""
+    stages = list(model.layers)
+    if len(stages) < 2:
+        raise ValueError("a Swin with at least two stages is needed")
+    third, last = stages[-2], stages[-1]
+    depth = len(third.blocks)
+    if not 0 <= adapt_last_k <= depth:
+        raise ValueError(f"adapt_last_k must be in [0, {depth}] for this backbone, got {adapt_last_k}")
+    info = model.feature_info
+    return SwinSplit(
+        patch_embed=model.patch_embed,
+        trunk_stages=nn.ModuleList(stages[:-2]),
+        trunk_head=nn.Sequential(third.downsample, *list(third.blocks)[: depth - adapt_last_k]),
+        adapted_blocks=list(third.blocks)[depth - adapt_last_k:],
+        last_downsample=last.downsample,
+        last_blocks=list(last.blocks),
+        channels=[int(i["num_chs"]) for i in info],
+        reductions=[int(i["reduction"]) for i in info],
+    )

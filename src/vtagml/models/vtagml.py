@@ -1,0 +1,326 @@
+"""The VTAGML model: one frozen timm Swin trunk, run once per image, and per-task branches.
+
+::
+
+    image -> normalize, pad to the backbone stride
+          -> trunk (no autograd): patch embed, early stages (skip features), stage S-1 minus k blocks
+          -> z (B, h, w, C)  the shared encoded embedding, read by TROA
+          -> branches, batched over tasks as (T*B, h, w, C):
+               adapter layers (last k blocks of stage S-1, all of stage S) conditioned on c_t
+               -> decoder_t (trunk skip features + adapted stages) -> head_t -> crop
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+from dataclasses import dataclass
+from typing import Iterator, Sequence
+
+import torch
+import torch.nn.functional as F
+from timm.data import resolve_model_data_config
+from torch import Tensor, nn
+
+from vtagml.affinity import conditioning_weights
+from vtagml.layers import TaskEmbeddings
+from vtagml.models.adapter_layer import AdapterLayer
+from vtagml.models.backbone import create_backbone, split_swin
+from vtagml.models.decoders import DECODERS, TaskHead
+from vtagml.tasks import Task, build_tasks
+
+
+@dataclass
+class Encoded:
+    """Trunk output for a batch (all NHWC, no autograd history).
+
+    Attributes:
+        z: (B, h, w, C) the shared encoded embedding.
+        skips: early-stage features, finest first.
+        image: (B, 3, Hp, Wp) normalized, padded image (decoders' image branch).
+        size: (H, W) of the input before padding.
+    """
+
+    z: Tensor
+    skips: list[Tensor]
+    image: Tensor
+    size: tuple[int, int]
+
+
+def _nchw(x: Tensor) -> Tensor:
+    """NHWC (timm Swin's layout) -> NCHW (the decoders' layout). The one conversion point."""
+    return x.permute(0, 3, 1, 2)
+
+
+class VTAGML(nn.Module):
+    """Frozen Swin with task-adapted layers, per-task decoders and heads.
+
+    Args:
+        backbone: timm Swin / Swin V2 model name.
+        tasks: task names (see ``vtagml.tasks.TASK_REGISTRY``) or :class:`~vtagml.tasks.Task` objects.
+        num_classes: classes of classification tasks (e.g. ``semseg``) given by name.
+        img_size: nominal input size (sets timm's window clamping); any size runs.
+        pretrained: load timm's pretrained weights (needs the hub).
+        checkpoint_path: local backbone weights (``.safetensors`` or a torch state dict).
+        backbone_kwargs: timm architecture overrides (``embed_dim``, ``depths``, ``num_heads``,
+            ``window_size``) for a custom small Swin.
+        adapt_last_k: blocks of the second-to-last stage that are adapted (the last stage always is).
+        embed_dim: task embedding size d (default: window side cubed, 343 for windows of 7).
+        use_taa, use_tsn, use_bottleneck: ablation switches.
+        bottleneck_reduction: r, bottleneck width C / r.
+        taa_block_size: m, the TAA block side (default: the window side).
+        train_adapted_blocks: also train the adapted blocks' pretrained weights.
+        decoder: ``"fpn"`` or ``"swin_unet"``.
+        decoder_channels: decoder width.
+        shared_decoder: one decoder for all tasks, FiLM-conditioned on c_t, instead of one per task.
+        image_skip_stride: FPN image branch stride (1, 2, or 0 for none).
+    """
+
+    def __init__(
+        self,
+        backbone: str = "swin_tiny_patch4_window7_224",
+        tasks: Sequence[str | Task] = ("semseg", "depth", "normals", "edges"),
+        num_classes: int | None = None,
+        img_size: int | tuple[int, int] = 224,
+        pretrained: bool = False,
+        checkpoint_path: str | os.PathLike | None = None,
+        backbone_kwargs: dict | None = None,
+        adapt_last_k: int = 4,
+        embed_dim: int | None = None,
+        use_taa: bool = True,
+        use_tsn: bool = True,
+        use_bottleneck: bool = True,
+        bottleneck_reduction: int = 4,
+        taa_block_size: int | None = None,
+        train_adapted_blocks: bool = False,
+        decoder: str = "fpn",
+        decoder_channels: int = 64,
+        shared_decoder: bool = False,
+        image_skip_stride: int = 2,
+    ):
+        super().__init__()
+        self.tasks: list[Task] = build_tasks(tasks, num_classes=num_classes)
+        if not self.tasks:
+            raise ValueError("VTAGML needs at least one task")
+        self.task_names = [t.name for t in self.tasks]
+        if decoder not in DECODERS:
+            raise ValueError(f"unknown decoder {decoder!r}; choose from {sorted(DECODERS)}")
+        self.train_adapted_blocks = train_adapted_blocks
+
+        net = create_backbone(backbone, img_size, pretrained, checkpoint_path, **(backbone_kwargs or {}))
+        cfg = resolve_model_data_config(net)
+        self.register_buffer("mean", torch.tensor(cfg["mean"]).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(cfg["std"]).view(1, 3, 1, 1), persistent=False)
+        split = split_swin(net, adapt_last_k)
+        self.channels, self.reductions = split.channels, split.reductions
+        self.trunk = nn.ModuleDict(dict(patch_embed=split.patch_embed, stages=split.trunk_stages,
+                                        head=split.trunk_head))
+        self.trunk.requires_grad_(False)
+
+        self.embed_dim = embed_dim or net.layers[-2].blocks[0].window_size[1] ** 3  # paper: 7 * 49
+        self.embeddings = TaskEmbeddings(len(self.tasks), self.embed_dim)
+        layer_kw = dict(cond_dim=self.embed_dim, use_taa=use_taa, use_tsn=use_tsn, use_bottleneck=use_bottleneck,
+                        bottleneck_reduction=bottleneck_reduction, taa_block_size=taa_block_size)
+        third = [AdapterLayer(b, **layer_kw) for b in split.adapted_blocks]
+        last = [AdapterLayer(b, skip_dim=self.channels[-2] if (i == 0 and third) else None, **layer_kw)
+                for i, b in enumerate(split.last_blocks)]
+        self.num_third = len(third)
+        self.adapters = nn.ModuleList(third + last)
+        self.last_downsample = split.last_downsample
+        for p in self._pretrained_branch_parameters():
+            p.requires_grad_(train_adapted_blocks)
+
+        self.register_buffer("affinity", torch.eye(len(self.tasks)))
+        self.register_buffer("affinity_counts", torch.zeros(len(self.tasks), len(self.tasks)))
+
+        dec_cls = DECODERS[decoder]
+        dec_kw = dict(in_channels=self.channels, strides=self.reductions, channels=decoder_channels)
+        if decoder == "fpn":
+            dec_kw["image_skip_stride"] = image_skip_stride
+        else:
+            dec_kw["img_size"] = img_size
+        template = dec_cls(**dec_kw)
+        self.shared_decoder = shared_decoder
+        if shared_decoder:
+            self.decoder = template
+            self.decoder_film = nn.Linear(self.embed_dim, 2 * template.out_channels)
+            nn.init.zeros_(self.decoder_film.weight)
+            nn.init.zeros_(self.decoder_film.bias)
+        else:
+            # every task starts from the same decoder weights (theta_0), so decoders can be
+            # composed as task vectors theta_0 + sum_j a_j (theta_j - theta_0)
+            self.decoders = nn.ModuleDict({t.name: copy.deepcopy(template) for t in self.tasks})
+        self.heads = nn.ModuleDict({t.name: TaskHead(template.out_channels, t.channels) for t in self.tasks})
+        self.train()
+
+    # ------------------------------------------------------------------ parameters
+    def _pretrained_branch_parameters(self) -> Iterator[nn.Parameter]:
+        for layer in self.adapters:
+            yield from layer.pretrained_parameters()
+        yield from self.last_downsample.parameters()
+
+    def _components(self) -> dict[str, list[nn.Parameter]]:
+        comps = {"trunk": list(self.trunk.parameters()),
+                 "adapted_blocks": list(self._pretrained_branch_parameters()),
+                 "taa": [p for l in self.adapters if l.taa is not None for p in l.taa.parameters()],
+                 "tsn": [p for l in self.adapters for t in (l.tsn1, l.tsn2)
+                         for p in (*t.delta_scale.parameters(), *t.delta_shift.parameters())],
+                 "bottleneck": [p for l in self.adapters for m in (l.bottleneck, l.skip_proj) if m is not None
+                                for p in m.parameters()],
+                 "embeddings": list(self.embeddings.parameters()),
+                 "decoders": list(self.decoder.parameters()) + list(self.decoder_film.parameters())
+                 if self.shared_decoder else list(self.decoders.parameters()),
+                 "heads": list(self.heads.parameters())}
+        return comps
+
+    def parameter_report(self) -> dict:
+        """Trainable and frozen parameter counts per component, totals and trainable fraction."""
+        comps = self._components()
+        seen = {id(p) for ps in comps.values() for p in ps}
+        stray = [n for n, p in self.named_parameters() if id(p) not in seen]
+        if stray:
+            raise RuntimeError(f"parameters outside every component: {stray}")
+        report = {name: {"trainable": sum(p.numel() for p in ps if p.requires_grad),
+                         "frozen": sum(p.numel() for p in ps if not p.requires_grad)}
+                  for name, ps in comps.items()}
+        trainable = sum(r["trainable"] for r in report.values())
+        total = trainable + sum(r["frozen"] for r in report.values())
+        report["total"] = {"trainable": trainable, "frozen": total - trainable}
+        report["trainable_fraction"] = trainable / total
+        return report
+
+    def trainable_parameters(self) -> Iterator[nn.Parameter]:
+        return (p for p in self.parameters() if p.requires_grad)
+
+    @torch.jit.ignore
+    def no_weight_decay(self) -> set[str]:
+        """Trainable parameters to exclude from weight decay: biases, norms, embeddings, TAA patterns."""
+        return {n for n, p in self.named_parameters()
+                if p.requires_grad and (p.ndim <= 1 or n.startswith("embeddings.") or n.endswith("taa.pattern"))}
+
+    def trainable_state_dict(self) -> dict[str, Tensor]:
+        """What training changed: trainable parameters and the affinity buffers."""
+        state = {n: p.detach().clone() for n, p in self.named_parameters() if p.requires_grad}
+        state["affinity"], state["affinity_counts"] = self.affinity.clone(), self.affinity_counts.clone()
+        return state
+
+    def load_trainable_state_dict(self, state: dict[str, Tensor]) -> None:
+        """Restore :meth:`trainable_state_dict` output onto a model with the same backbone config."""
+        expected = self.trainable_state_dict()
+        missing = sorted(set(expected) - set(state))
+        unexpected = sorted(set(state) - set(expected))
+        if missing or unexpected:
+            raise ValueError(f"adapter state does not match this model: missing keys {missing[:20]}; "
+                             f"unexpected keys {unexpected[:20]}")
+        bad = [k for k in expected if tuple(state[k].shape) != tuple(expected[k].shape)]
+        if bad:
+            raise ValueError(f"adapter state has wrong shapes for {bad[:20]}")
+        own = dict(self.named_parameters()) | {"affinity": self.affinity, "affinity_counts": self.affinity_counts}
+        with torch.no_grad():
+            for k, v in state.items():
+                own[k].copy_(v)
+
+    def train(self, mode: bool = True) -> "VTAGML":
+        """Frozen parts stay in eval mode (no dropout or drop-path) whatever ``mode`` is."""
+        super().train(mode)
+        self.trunk.eval()
+        if not self.train_adapted_blocks:
+            for layer in self.adapters:
+                layer.block.eval()
+            self.last_downsample.eval()
+        return self
+
+    # ------------------------------------------------------------------ forward
+    def task_indices(self, tasks: Sequence[str] | None) -> list[int]:
+        if tasks is None:
+            return list(range(len(self.tasks)))
+        unknown = [t for t in tasks if t not in self.task_names]
+        if unknown:
+            raise KeyError(f"model has no task(s) {unknown}; it predicts {self.task_names}")
+        return [self.task_names.index(t) for t in tasks]
+
+    def encode(self, images: Tensor) -> Encoded:
+        """Run the frozen trunk once (no autograd). images: (B, 3, H, W) in [0, 1]."""
+        if images.dim() != 4 or images.shape[1] != 3:
+            raise ValueError(f"images must be (B, 3, H, W), got {tuple(images.shape)}")
+        h, w = images.shape[-2:]
+        stride = self.reductions[-1]
+        x = (images - self.mean.to(images)) / self.std.to(images)
+        x = F.pad(x, (0, (-w) % stride, 0, (-h) % stride))
+        with torch.no_grad():
+            feat = self.trunk["patch_embed"](x)
+            skips = []
+            for stage in self.trunk["stages"]:
+                feat = stage(feat)
+                skips.append(feat)
+            z = self.trunk["head"](feat)
+        return Encoded(z=z, skips=skips, image=x, size=(h, w))
+
+    def conditioning(self, task_idx: Sequence[int]) -> Tensor:
+        """(len(task_idx), d) conditioning vectors ``c_t = sum_j alpha[t, j] E_j``."""
+        alpha = conditioning_weights(self.affinity)[list(task_idx)]
+        return self.embeddings(alpha)
+
+    def adapted_features(self, z_all: Tensor, cond: Tensor) -> tuple[Tensor, Tensor]:
+        """Adapted stages for rows of z_all (R, h, w, C) with conditioning (R, d).
+
+        Returns the second-to-last and last stage outputs, NHWC.
+        """
+        x, skip, third = z_all, None, z_all
+        for i, layer in enumerate(self.adapters):
+            if i == self.num_third:
+                third = x
+                x = self.last_downsample(x)
+            x, skip = layer(x, cond, skip)
+        return third, x
+
+    def forward_branches(self, enc: Encoded, task_idx: Sequence[int], z_all: Tensor | None = None) -> dict[str, Tensor]:
+        """Predictions of the tasks ``task_idx`` from a trunk output.
+
+        Args:
+            enc: :meth:`encode` output.
+            task_idx: task indices, in output order.
+            z_all: optional (T*B, h, w, C) branch inputs, task-major (TROA passes leaf copies of
+                z here to read per-task gradients); default: z repeated for every task.
+        """
+        b = enc.z.shape[0]
+        num = len(task_idx)
+        if z_all is None:
+            z_all = enc.z.unsqueeze(0).expand(num, *enc.z.shape).reshape(num * b, *enc.z.shape[1:])
+        cond = self.conditioning(task_idx).repeat_interleave(b, dim=0)  # (T*B, d)
+        third, last = self.adapted_features(z_all, cond)
+        skips = [_nchw(s) for s in enc.skips]
+        padded = tuple(enc.image.shape[-2:])
+        out = {}
+        if self.shared_decoder:
+            feats = [s.repeat(num, 1, 1, 1) for s in skips] + [_nchw(third), _nchw(last)]
+            dec = self.decoder(feats, enc.image.repeat(num, 1, 1, 1))
+            gamma, beta = self.decoder_film(cond).chunk(2, dim=-1)
+            dec = dec * (1 + gamma[..., None, None]) + beta[..., None, None]
+            per_task = dec.split(b)
+        else:
+            per_task = [self.decoders[self.task_names[t]](skips + [_nchw(f3), _nchw(f4)], enc.image)
+                        for t, f3, f4 in zip(task_idx, third.split(b), last.split(b))]
+        h, w = enc.size
+        for t, feat in zip(task_idx, per_task):
+            task = self.tasks[t]
+            raw = self.heads[task.name](feat, padded)[..., :h, :w]
+            out[task.name] = task.postprocess(raw)
+        return out
+
+    def forward(self, images: Tensor, tasks: Sequence[str] | None = None) -> dict[str, Tensor]:
+        """Predict every requested task (all by default) for images (B, 3, H, W) in [0, 1].
+
+        Returns ``{task: prediction}`` at the input size: semseg logits (B, C, H, W), depth in
+        metres (B, 1, H, W), unit normals (B, 3, H, W), edge logits (B, 1, H, W).
+        """
+        return self.forward_branches(self.encode(images), self.task_indices(tasks))
+
+    def forward_features(self, images: Tensor, task: str) -> list[Tensor]:
+        """The adapted encoder's per-stage features for ``task``, NHWC like timm's
+        ``features_only`` Swin (at the padded input size)."""
+        enc = self.encode(images)
+        idx = self.task_indices([task])
+        cond = self.conditioning(idx).expand(enc.z.shape[0], -1)
+        third, last = self.adapted_features(enc.z, cond)
+        return [*enc.skips, third, last]

@@ -1,0 +1,129 @@
+"""The task contract and the task registry.
+
+A :class:`Task` says everything the model, losses, metrics, augmentations and visualizations
+need about one dense prediction target, so that adding a task is one object:
+
+- ``name`` (the sample-dict key), ``kind`` (output family: tasks of one kind can be composed
+  for zero-shot transfer), ``channels`` (head outputs) and ``weight`` (loss weight);
+- ``postprocess``: raw head output -> model prediction (e.g. softplus for depth);
+- ``valid_mask``: which target pixels carry a label;
+- ``loss``: masked mean over valid pixels of present samples (zero when none);
+- ``build_metrics`` / ``update_metrics``: split-level torchmetrics, primary metric first;
+- ``to_label``: prediction -> label space (class ids, probabilities), for saving and display;
+- ``colorize``: label-space map of one sample -> uint8 RGB (H, W, 3) for people;
+- ``hflip`` for geometric augmentation (labels are resampled with nearest neighbours).
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+
+class Task:
+    """Base class of dense prediction tasks; subclasses fill in the task-specific parts."""
+
+    kind: str = "dense"
+    #: key of the metric that ranks models (first in ``build_metrics``)
+    primary_metric: str = ""
+
+    def __init__(self, name: str, channels: int, weight: float = 1.0):
+        if channels < 1:
+            raise ValueError(f"task {name!r}: channels must be >= 1, got {channels}")
+        if weight < 0:
+            raise ValueError(f"task {name!r}: weight must be >= 0, got {weight}")
+        self.name, self.channels, self.weight = name, int(channels), float(weight)
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(name={self.name!r}, channels={self.channels}, weight={self.weight})"
+
+    # -- model side
+    def postprocess(self, raw: Tensor) -> Tensor:
+        return raw
+
+    def to_label(self, pred: Tensor) -> Tensor:
+        return pred
+
+    # -- supervision
+    def valid_mask(self, target: Tensor) -> Tensor:
+        """Bool (B, 1, H, W): pixels of ``target`` that carry a label."""
+        return torch.ones_like(target[:, :1], dtype=torch.bool)
+
+    def masked_valid(self, target: Tensor, present: Tensor | None) -> Tensor:
+        """:meth:`valid_mask` restricted to samples whose label is present ((B,) bool)."""
+        valid = self.valid_mask(target)
+        if present is not None:
+            valid = valid & present.view(-1, 1, 1, 1).to(valid.device)
+        return valid
+
+    def loss(self, pred: Tensor, target: Tensor, present: Tensor | None = None) -> Tensor:
+        raise NotImplementedError
+
+    # -- evaluation
+    def build_metrics(self) -> nn.ModuleDict:
+        raise NotImplementedError
+
+    def update_metrics(self, metrics: nn.ModuleDict, pred: Tensor, target: Tensor,
+                       present: Tensor | None = None) -> None:
+        valid = self.masked_valid(target, present)
+        for metric in metrics.values():
+            metric.update(pred, target, valid)
+
+    # -- augmentation and display
+    def hflip(self, label: Tensor) -> Tensor:
+        """Mirror a (C, H, W) or (H, W) label left-right."""
+        return label.flip(-1)
+
+    def colorize(self, label: Tensor) -> np.ndarray:
+        """One sample's label-space map -> uint8 (H, W, 3)."""
+        x = label.detach().float().cpu()
+        x = x[0] if x.dim() == 3 else x
+        return (x.clamp(0, 1).numpy()[..., None].repeat(3, -1) * 255).round().astype(np.uint8)
+
+
+TaskFactory = Callable[..., Task]
+
+#: Name -> factory. A factory takes keyword options (``num_classes`` for classification
+#: tasks, ``weight``) and returns a :class:`Task` whose ``name`` is the registry name.
+TASK_REGISTRY: dict[str, TaskFactory] = {}
+
+
+def register_task(name: str, factory: TaskFactory) -> None:
+    """Register ``factory`` under ``name``; a name is registered once."""
+    if name in TASK_REGISTRY:
+        raise ValueError(f"task {name!r} is already registered")
+    TASK_REGISTRY[name] = factory
+
+
+def build_task(spec: str | Task, **options) -> Task:
+    """A task from a registered name (``options`` go to its factory) or a ready :class:`Task`."""
+    if isinstance(spec, Task):
+        return spec
+    if spec not in TASK_REGISTRY:
+        raise KeyError(f"unknown task {spec!r}; registered tasks: {sorted(TASK_REGISTRY)}")
+    return TASK_REGISTRY[spec](**options)
+
+
+def build_tasks(specs, num_classes: int | None = None, weights: dict[str, float] | None = None) -> list[Task]:
+    """Tasks from names or objects; ``num_classes`` reaches classification tasks only."""
+    tasks = []
+    for spec in specs:
+        if isinstance(spec, Task):
+            tasks.append(spec)
+            continue
+        options = {}
+        if weights and spec in weights:
+            options["weight"] = weights[spec]
+        factory = TASK_REGISTRY.get(spec)
+        if factory is not None and getattr(factory, "needs_num_classes", False):
+            if num_classes is None:
+                raise ValueError(f"task {spec!r} needs num_classes (from the dataset or the config)")
+            options["num_classes"] = num_classes
+        tasks.append(build_task(spec, **options))
+    names = [t.name for t in tasks]
+    if len(set(names)) != len(names):
+        raise ValueError(f"duplicate task names in {names}")
+    return tasks

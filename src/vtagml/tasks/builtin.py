@@ -1,0 +1,215 @@
+"""The built-in tasks: semantic segmentation, depth, surface normals, edges, intensity maps."""
+
+from __future__ import annotations
+
+import functools
+
+import matplotlib
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torchmetrics.classification import MulticlassAccuracy, MulticlassJaccardIndex
+
+from vtagml.tasks import losses
+from vtagml.tasks.base import Task, register_task
+from vtagml.tasks.metrics import (
+    DepthAbsRel,
+    DepthDelta,
+    DepthRMSE,
+    EdgeODSF,
+    MaskedMean,
+    NormalsMeanAngle,
+    NormalsMedianAngle,
+    NormalsWithin,
+)
+
+IGNORE_INDEX = 255
+
+
+@functools.lru_cache(maxsize=8)
+def class_palette(num_classes: int) -> np.ndarray:
+    """A fixed RGB palette (num_classes, 3) uint8: tab20 colours, then evenly spaced hues."""
+    cmap = matplotlib.colormaps["tab20"] if num_classes <= 20 else matplotlib.colormaps["hsv"]
+    idx = np.arange(num_classes) if num_classes <= 20 else np.linspace(0, 1, num_classes, endpoint=False)
+    return (np.asarray(cmap(idx))[:, :3] * 255).round().astype(np.uint8)
+
+
+class SemanticSegmentation(Task):
+    """Per-pixel classes. Target long (B, H, W), ``ignore_index`` = unlabeled; logits out."""
+
+    kind = "classes"
+    primary_metric = "miou"
+
+    def __init__(self, num_classes: int, name: str = "semseg", weight: float = 1.0,
+                 ignore_index: int = IGNORE_INDEX, class_names: list[str] | None = None):
+        if num_classes < 2:
+            raise ValueError(f"task {name!r}: num_classes must be >= 2, got {num_classes}")
+        super().__init__(name, num_classes, weight)
+        self.num_classes, self.ignore_index = num_classes, ignore_index
+        self.class_names = list(class_names) if class_names else [str(i) for i in range(num_classes)]
+
+    def valid_mask(self, target: Tensor) -> Tensor:
+        return (target != self.ignore_index).unsqueeze(1)
+
+    def to_label(self, pred: Tensor) -> Tensor:
+        return pred.argmax(dim=1)
+
+    def loss(self, pred, target, present=None):
+        return losses.cross_entropy(pred, target, self.masked_valid(target, present), self.ignore_index)
+
+    def build_metrics(self) -> nn.ModuleDict:
+        kw = dict(num_classes=self.num_classes, ignore_index=self.ignore_index, validate_args=False)
+        return nn.ModuleDict({"miou": MulticlassJaccardIndex(average="macro", **kw),
+                              "pixel_acc": MulticlassAccuracy(average="micro", **kw)})
+
+    def update_metrics(self, metrics, pred, target, present=None):
+        target = torch.where(self.masked_valid(target, present)[:, 0], target,
+                             torch.full_like(target, self.ignore_index))
+        labels = pred.argmax(dim=1)
+        for metric in metrics.values():
+            metric.update(labels, target)
+
+    def colorize(self, label: Tensor) -> np.ndarray:
+        lab = label.detach().long().cpu().numpy()
+        out = np.zeros((*lab.shape, 3), dtype=np.uint8)
+        known = lab < self.num_classes
+        out[known] = class_palette(self.num_classes)[lab[known]]
+        return out
+
+
+class Depth(Task):
+    """Metric depth (B, 1, H, W) in metres, 0 = invalid; positive predictions via softplus."""
+
+    kind = "depth"
+    primary_metric = "rmse"
+
+    def __init__(self, name: str = "depth", weight: float = 1.0, loss: str = "l1"):
+        super().__init__(name, 1, weight)
+        if loss not in ("l1", "berhu"):
+            raise ValueError(f"task {name!r}: loss must be 'l1' or 'berhu', got {loss!r}")
+        self.loss_name = loss
+
+    def postprocess(self, raw: Tensor) -> Tensor:
+        return F.softplus(raw)
+
+    def valid_mask(self, target: Tensor) -> Tensor:
+        return target > 0
+
+    def loss(self, pred, target, present=None):
+        fn = losses.l1 if self.loss_name == "l1" else losses.berhu
+        return fn(pred, target, self.masked_valid(target, present))
+
+    def build_metrics(self) -> nn.ModuleDict:
+        return nn.ModuleDict({"rmse": DepthRMSE(), "absrel": DepthAbsRel(), "delta1": DepthDelta(1.25)})
+
+    def colorize(self, label: Tensor) -> np.ndarray:
+        d = label.detach().float().cpu()[0].numpy()
+        valid = d > 0
+        lo, hi = (np.percentile(d[valid], [2, 98]) if valid.any() else (0.0, 1.0))
+        x = np.clip((d - lo) / max(hi - lo, 1e-6), 0, 1)
+        rgb = (matplotlib.colormaps["magma_r"](x)[..., :3] * 255).round().astype(np.uint8)
+        rgb[~valid] = 0
+        return rgb
+
+
+class SurfaceNormals(Task):
+    """Unit normals (B, 3, H, W) in the camera frame; the zero vector = invalid."""
+
+    kind = "normals"
+    primary_metric = "mean_angle"
+
+    def __init__(self, name: str = "normals", weight: float = 1.0, loss: str = "cosine"):
+        super().__init__(name, 3, weight)
+        if loss not in ("cosine", "l1"):
+            raise ValueError(f"task {name!r}: loss must be 'cosine' or 'l1', got {loss!r}")
+        self.loss_name = loss
+
+    def postprocess(self, raw: Tensor) -> Tensor:
+        return F.normalize(raw, dim=1, eps=1e-6)
+
+    def valid_mask(self, target: Tensor) -> Tensor:
+        return (target.abs().sum(dim=1, keepdim=True) > 1e-6)
+
+    def loss(self, pred, target, present=None):
+        fn = losses.cosine if self.loss_name == "cosine" else losses.l1
+        return fn(pred, target, self.masked_valid(target, present))
+
+    def build_metrics(self) -> nn.ModuleDict:
+        return nn.ModuleDict({"mean_angle": NormalsMeanAngle(), "median_angle": NormalsMedianAngle(),
+                              "within_11_25": NormalsWithin(11.25), "within_22_5": NormalsWithin(22.5),
+                              "within_30": NormalsWithin(30.0)})
+
+    def hflip(self, label: Tensor) -> Tensor:
+        out = label.flip(-1).clone()
+        out[0] = -out[0]  # x points right: a mirror negates it
+        return out
+
+    def colorize(self, label: Tensor) -> np.ndarray:
+        n = label.detach().float().cpu().numpy().transpose(1, 2, 0)
+        return ((n + 1.0) * 127.5).clip(0, 255).round().astype(np.uint8)
+
+
+class Edges(Task):
+    """Binary edge maps (B, 1, H, W) in [0, 1]; logits out; class-balanced BCE; ODS-F metric."""
+
+    kind = "edges"
+    primary_metric = "odsf"
+
+    def __init__(self, name: str = "edges", weight: float = 1.0, pos_weight: float = 0.95,
+                 tolerance: float = 0.0075, min_pixels: float = 1.0):
+        super().__init__(name, 1, weight)
+        if not 0.0 < pos_weight < 1.0:
+            raise ValueError(f"task {name!r}: pos_weight must be in (0, 1), got {pos_weight}")
+        self.pos_weight, self.tolerance, self.min_pixels = pos_weight, tolerance, min_pixels
+
+    def to_label(self, pred: Tensor) -> Tensor:
+        return torch.sigmoid(pred)
+
+    def loss(self, pred, target, present=None):
+        return losses.balanced_bce(pred, target, self.masked_valid(target, present), self.pos_weight)
+
+    def build_metrics(self) -> nn.ModuleDict:
+        return nn.ModuleDict({"odsf": EdgeODSF(tolerance=self.tolerance, min_pixels=self.min_pixels),
+                              "loss": MaskedMean()})
+
+    def update_metrics(self, metrics, pred, target, present=None):
+        valid = self.masked_valid(target, present)
+        metrics["odsf"].update(torch.sigmoid(pred.float()), target, valid)
+        metrics["loss"].update(losses.balanced_bce_map(pred, target, self.pos_weight), valid)
+
+
+class Intensity(Task):
+    """A per-pixel scalar in [0, 1] (e.g. reshading); sigmoid output, L1 loss, MAE metric."""
+
+    kind = "intensity"
+    primary_metric = "mae"
+
+    def __init__(self, name: str = "reshading", weight: float = 1.0):
+        super().__init__(name, 1, weight)
+
+    def postprocess(self, raw: Tensor) -> Tensor:
+        return torch.sigmoid(raw)
+
+    def loss(self, pred, target, present=None):
+        return losses.l1(pred, target, self.masked_valid(target, present))
+
+    def build_metrics(self) -> nn.ModuleDict:
+        return nn.ModuleDict({"mae": MaskedMean()})
+
+    def update_metrics(self, metrics, pred, target, present=None):
+        metrics["mae"].update((pred.float() - target.float()).abs(), self.masked_valid(target, present))
+
+
+def _semseg_factory(**kw) -> Task:
+    return SemanticSegmentation(name="semseg", **kw)
+
+
+_semseg_factory.needs_num_classes = True
+register_task("semseg", _semseg_factory)
+register_task("depth", lambda **kw: Depth(name="depth", **kw))
+register_task("depth_zbuffer", lambda **kw: Depth(name="depth_zbuffer", **kw))
+register_task("normals", lambda **kw: SurfaceNormals(name="normals", **kw))
+register_task("edges", lambda **kw: Edges(name="edges", **kw))
+register_task("edges_occlusion", lambda **kw: Edges(name="edges_occlusion", **kw))
+register_task("reshading", lambda **kw: Intensity(name="reshading", **kw))

@@ -1,0 +1,234 @@
+"""The VTAGML model: identity at init, frozen trunk, TAA layout, branches, shapes, checkpoints."""
+
+import math
+
+import pytest
+import timm
+import torch
+import torch.nn.functional as F
+
+from tests.conftest import DEVICE, TINY_SWIN, TINY_SWINV2
+from vtagml import VTAGML
+from vtagml.models.backbone import create_backbone
+
+
+def make_model(checkpoint, cfg=TINY_SWIN, tasks=("semseg", "depth", "normals", "edges"), **kw):
+    kw.setdefault("embed_dim", 8)
+    kw.setdefault("decoder_channels", 16)
+    return VTAGML(cfg["name"], tasks=tasks, num_classes=5, img_size=64, checkpoint_path=checkpoint,
+                  backbone_kwargs=cfg["kwargs"], adapt_last_k=2, **kw).to(DEVICE)
+
+
+def randomize_adapters(model, seed=0):
+    """Give every zero-initialized adapter parameter a non-zero value."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if p.requires_grad and not name.startswith(("decoders", "heads")):
+                p.add_(torch.randn(p.shape, generator=g).to(p) * 0.1)
+
+
+def reference_features(cfg, checkpoint, x):
+    ref = timm.create_model(cfg["name"], features_only=True, pretrained=True, img_size=64, strict_img_size=False,
+                            pretrained_cfg_overlay=dict(file=str(checkpoint)), **cfg["kwargs"]).to(DEVICE).eval()
+    with torch.no_grad():
+        return ref(x)
+
+
+@pytest.mark.parametrize("size", [(64, 64), (64, 96)])
+def test_identity_at_init_matches_timm_features(tiny_checkpoint, size):
+    model = make_model(tiny_checkpoint).eval()
+    x = torch.rand(2, 3, *size, device=DEVICE)
+    normalized = (x - model.mean) / model.std
+    expected = reference_features(TINY_SWIN, tiny_checkpoint, normalized)
+    for task in model.task_names:
+        got = model.forward_features(x, task)
+        assert len(got) == len(expected)
+        for g, e in zip(got, expected):
+            assert g.shape == e.shape  # NHWC, as timm's features_only Swin
+            assert (g - e).abs().max().item() < 1e-5
+
+
+def test_swin_v2_identity_and_forward(tiny_v2_checkpoint):
+    model = make_model(tiny_v2_checkpoint, cfg=TINY_SWINV2).eval()
+    assert model.adapters[0].post_norm
+    x = torch.rand(1, 3, 64, 96, device=DEVICE)
+    expected = reference_features(TINY_SWINV2, tiny_v2_checkpoint, (x - model.mean) / model.std)
+    for g, e in zip(model.forward_features(x, "depth"), expected):
+        assert (g - e).abs().max().item() < 1e-5
+    out = model(x)
+    assert out["normals"].shape == (1, 3, 64, 96)
+
+
+def test_one_step_keeps_frozen_weights_and_moves_trainable(tiny_checkpoint):
+    """Frozen weights stay bit-identical and get no gradient. Zero-initialized layers make
+    some gradients exactly zero at the first step (Down behind a zero Up, FiLM gammas times a
+    zero A, embeddings behind zero FiLM/TSN weights), so "every trainable parameter moved" is
+    checked after a second step."""
+    model = make_model(tiny_checkpoint)
+    frozen = {n: p.detach().clone() for n, p in model.named_parameters() if not p.requires_grad}
+    trainable = {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
+    assert frozen and trainable
+    opt = torch.optim.AdamW(model.trainable_parameters(), lr=1e-2, weight_decay=0.0)
+    x = torch.rand(2, 3, 64, 64, device=DEVICE)
+    for step in range(2):
+        opt.zero_grad()
+        out = model(x)
+        loss = sum(v.float().pow(2).mean() for v in out.values())
+        loss.backward()
+        for n, p in model.named_parameters():
+            if not p.requires_grad:
+                assert p.grad is None, f"gradient reached frozen {n}"
+        opt.step()
+        for n, p in model.named_parameters():
+            if not p.requires_grad:
+                assert torch.equal(p, frozen[n]), f"frozen {n} changed"
+    moved = {n: not torch.equal(p, trainable[n]) for n, p in model.named_parameters() if p.requires_grad}
+    assert all(moved.values()), [n for n, m in moved.items() if not m]
+
+
+def test_taa_bias_is_block_diagonal_and_shared_across_heads_and_windows(tiny_checkpoint):
+    model = make_model(tiny_checkpoint).eval()
+    layer = model.adapters[0]  # first adapted block of stage 3: 2x2 windows, not shifted
+    blk = layer.block
+    assert blk.shift_size == (0, 0) and blk.window_size == (2, 2)
+    torch.manual_seed(0)
+    with torch.no_grad():
+        layer.taa.pattern.copy_(torch.randn_like(layer.taa.pattern))
+        layer.taa.film.weight.copy_(torch.randn_like(layer.taa.film.weight))
+        layer.taa.film.bias.copy_(torch.randn_like(layer.taa.film.bias))
+    cond = torch.randn(2, model.embed_dim, device=DEVICE)
+    bias = layer.taa(cond)  # (2, 4, 4)
+    gamma, beta = layer.taa.film(cond).chunk(2, -1)
+    a_tilde = (1 + gamma[:, None]) * layer.taa.pattern + beta[:, None]
+    expected = torch.zeros(2, 4, 4, device=DEVICE)
+    expected[:, :2, :2] = a_tilde[:, :2]
+    expected[:, 2:, 2:] = a_tilde[:, 2:]
+    torch.testing.assert_close(bias, expected)
+
+    # the attention with the bias equals a hand-written window attention with it added to logits
+    x = torch.randn(2, 4, 6, blk.attn.qkv.in_features, device=DEVICE)  # 2x3 windows of 2x2
+    with torch.no_grad():
+        got = layer._attention(x, bias)
+        attn = blk.attn
+        heads = attn.num_heads
+        win = x.view(2, 2, 2, 3, 2, -1).permute(0, 1, 3, 2, 4, 5).reshape(2, 6, 4, -1)  # (B, nW, N, C)
+        q, k, v = attn.qkv(win).view(2, 6, 4, 3, heads, -1).permute(3, 0, 1, 4, 2, 5)  # (B, nW, h, N, d)
+        logits = q @ k.transpose(-1, -2) / math.sqrt(q.shape[-1]) + attn._get_rel_pos_bias()[0]
+        logits = logits + bias[:, None, None]  # same for every window and head of a sample
+        out = attn.proj((logits.softmax(-1) @ v).transpose(2, 3).reshape(2, 6, 4, -1))
+        out = out.view(2, 2, 3, 2, 2, -1).permute(0, 1, 3, 2, 4, 5).reshape_as(got)
+    torch.testing.assert_close(got, out, atol=1e-5, rtol=1e-5)
+
+
+def test_identical_embeddings_give_identical_branches(tiny_checkpoint):
+    model = make_model(tiny_checkpoint, tasks=("depth", "depth_zbuffer", "normals")).eval()
+    randomize_adapters(model)
+    with torch.no_grad():
+        model.embeddings.weight[1].copy_(model.embeddings.weight[0])
+    x = torch.rand(1, 3, 64, 64, device=DEVICE)
+    a, b = model.forward_features(x, "depth"), model.forward_features(x, "depth_zbuffer")
+    assert all(torch.equal(u, v) for u, v in zip(a, b))
+    with torch.no_grad():
+        model.affinity.copy_(torch.tensor([[1.0, 0.0, 0.0], [0.0, 1.0, 0.0], [0.0, 0.9, 0.2]]))
+    c = model.forward_features(x, "depth_zbuffer")  # now mixes in the normals embedding
+    assert not torch.allclose(b[-1], c[-1])
+    # heads of the two identical-input branches share decoder init, so only heads differ
+    assert torch.equal(model.decoders["depth"].lateral[0].weight, model.decoders["depth_zbuffer"].lateral[0].weight)
+
+
+@pytest.mark.parametrize("size", [(64, 64), (50, 70)])
+def test_heads_shapes_and_ranges(tiny_checkpoint, size):
+    model = make_model(tiny_checkpoint).eval()
+    with torch.no_grad():
+        out = model(torch.rand(2, 3, *size, device=DEVICE))
+    h, w = size
+    assert out["semseg"].shape == (2, 5, h, w)
+    assert out["depth"].shape == (2, 1, h, w) and out["depth"].min() > 0
+    assert out["normals"].shape == (2, 3, h, w)
+    torch.testing.assert_close(out["normals"].norm(dim=1), torch.ones(2, h, w, device=DEVICE), atol=1e-4, rtol=0)
+    assert out["edges"].shape == (2, 1, h, w)
+    assert all(torch.isfinite(v).all() for v in out.values())
+    assert list(model(torch.rand(1, 3, 64, 64, device=DEVICE), tasks=["edges"])) == ["edges"]
+    with pytest.raises(KeyError, match="reshading"):
+        model(torch.rand(1, 3, 64, 64, device=DEVICE), tasks=["reshading"])
+
+
+def test_trunk_runs_once_per_forward(tiny_checkpoint):
+    model = make_model(tiny_checkpoint)
+    calls = []
+    model.trunk["patch_embed"].register_forward_hook(lambda *a: calls.append(1))
+    model.trunk["head"].register_forward_hook(lambda *a: calls.append(2))
+    model(torch.rand(3, 3, 64, 64, device=DEVICE))
+    assert calls == [1, 2]
+
+
+@pytest.mark.parametrize("options", [dict(decoder="swin_unet"), dict(shared_decoder=True),
+                                     dict(use_taa=False, use_tsn=False, use_bottleneck=False),
+                                     dict(train_adapted_blocks=True, adapt_last_k=0)])
+def test_variants_run(tiny_checkpoint, options):
+    kw = dict(options)
+    k = kw.pop("adapt_last_k", 2)
+    model = VTAGML(TINY_SWIN["name"], tasks=("semseg", "edges"), num_classes=5, img_size=64,
+                   checkpoint_path=tiny_checkpoint, backbone_kwargs=TINY_SWIN["kwargs"], adapt_last_k=k,
+                   embed_dim=8, decoder_channels=16, **kw)
+    out = model(torch.rand(2, 3, 64, 96))
+    assert out["semseg"].shape == (2, 5, 64, 96) and out["edges"].shape == (2, 1, 64, 96)
+    out["semseg"].mean().backward()
+    report = model.parameter_report()
+    assert report["total"]["trainable"] + report["total"]["frozen"] == sum(p.numel() for p in model.parameters())
+    if options.get("train_adapted_blocks"):
+        assert report["adapted_blocks"]["trainable"] > 0 and report["trunk"]["trainable"] == 0
+
+
+def test_parameter_report_and_trainable_state_roundtrip(tiny_checkpoint):
+    model = make_model(tiny_checkpoint)
+    report = model.parameter_report()
+    assert report["trunk"]["trainable"] == 0 and report["adapted_blocks"]["trainable"] == 0
+    assert report["taa"]["trainable"] > 0 and report["tsn"]["trainable"] > 0
+    assert 0 < report["trainable_fraction"] < 1
+    randomize_adapters(model, seed=3)
+    with torch.no_grad():
+        model.affinity.copy_(torch.tensor([[1.0, 0.2, 0, 0], [0.1, 1, 0, 0], [0, 0, 1, 0], [0, 0, 0.3, 1]]))
+    state = model.trainable_state_dict()
+    assert all(not k.startswith("trunk.") for k in state)
+    fresh = make_model(tiny_checkpoint)
+    fresh.load_trainable_state_dict(state)
+    x = torch.rand(1, 3, 64, 64, device=DEVICE)
+    model.eval(), fresh.eval()
+    with torch.no_grad():
+        a, b = model(x), fresh(x)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    bad = dict(state)
+    bad.pop("embeddings.weight")
+    bad["adapters.99.taa.pattern"] = torch.zeros(1)
+    with pytest.raises(ValueError, match=r"embeddings\.weight.*adapters\.99"):
+        fresh.load_trainable_state_dict(bad)
+
+
+def test_checkpoint_errors_name_the_keys(tmp_path, tiny_checkpoint):
+    from safetensors.torch import load_file, save_file
+    state = load_file(str(tiny_checkpoint))
+    state.pop("layers.2.blocks.0.attn.qkv.weight")
+    state["layers.9.extra"] = torch.zeros(1)
+    path = tmp_path / "broken.safetensors"
+    save_file(state, str(path))
+    with pytest.raises(ValueError, match=r"layers\.2\.blocks\.0\.attn\.qkv\.weight.*layers\.9\.extra"):
+        create_backbone(TINY_SWIN["name"], 64, checkpoint_path=path, **TINY_SWIN["kwargs"])
+    with pytest.raises(FileNotFoundError, match="nowhere.pth"):
+        create_backbone(TINY_SWIN["name"], 64, checkpoint_path=tmp_path / "nowhere.pth", **TINY_SWIN["kwargs"])
+    junk = tmp_path / "junk.pth"
+    junk.write_bytes(b"not a checkpoint")
+    with pytest.raises(ValueError, match="junk.pth"):
+        create_backbone(TINY_SWIN["name"], 64, checkpoint_path=junk, **TINY_SWIN["kwargs"])
+    with pytest.raises(ValueError, match="Swin"):
+        create_backbone("resnet18")
+
+
+def test_frozen_parts_stay_in_eval_mode(tiny_checkpoint):
+    model = make_model(tiny_checkpoint).train()
+    assert not model.trunk.training and not model.adapters[0].block.training
+    assert model.adapters[0].taa.training and model.decoders["depth"].training
+    x = torch.rand(1, 3, 64, 64, device=DEVICE)
+    enc1, enc2 = model.encode(x), model.encode(x)
+    assert torch.equal(enc1.z, enc2.z) and not enc1.z.requires_grad
