@@ -19,6 +19,18 @@ import torch
 from torch import Tensor
 
 
+def affinity_from_gram(gram: Tensor, losses: Tensor, lr: float) -> Tensor:
+    """``Z[i, j] = lr * gram[i, j] / L_j`` from gradient inner products ``gram[i, j] = <G_i, G_j>``.
+
+    Args:
+        gram: (T, T) inner products (summed over processes under DDP).
+        losses: (T,) task losses ``L_j(z)``; columns with ``L_j <= 0`` are 0.
+        lr: lookahead step size eta.
+    """
+    gram, denom = gram.double(), losses.double().view(1, -1)
+    return torch.where(denom > 0, lr * gram / denom.clamp_min(1e-30), torch.zeros_like(gram)).float()
+
+
 def first_order_affinity(grads: Tensor, losses: Tensor, lr: float) -> Tensor:
     """First-order affinities from per-task embedding gradients.
 
@@ -28,13 +40,14 @@ def first_order_affinity(grads: Tensor, losses: Tensor, lr: float) -> Tensor:
         lr: lookahead step size eta.
 
     Returns:
-        (T, T) ``Z[i, j] = lr * <G_i, G_j> / L_j``; columns with ``L_j <= 0`` are 0.
+        (T, T) ``Z[i, j] = lr * <G_i, G_j> / L_j``.
+
+    >>> first_order_affinity(torch.tensor([[1.0, 0.0], [1.0, 1.0]]), torch.tensor([1.0, 2.0]), lr=0.1)
+    tensor([[0.1000, 0.0500],
+            [0.1000, 0.1000]])
     """
     g = grads.reshape(grads.shape[0], -1).double()
-    gram = g @ g.T
-    denom = losses.double().view(1, -1)
-    z = torch.where(denom > 0, lr * gram / denom.clamp_min(1e-30), torch.zeros_like(gram))
-    return z.to(grads.dtype if grads.is_floating_point() else torch.float32)
+    return affinity_from_gram(g @ g.T, losses, lr)
 
 
 @torch.no_grad()

@@ -460,6 +460,8 @@ class SyntheticScenes(Dataset):
         tasks: labels to return (default: all of :data:`SYNTHETIC_TASKS`).
         cache_dir: if set, rendered samples are stored there as ``.npz`` (written atomically)
             and read back on later accesses.
+        in_memory: keep rendered samples in this process's memory (each scene renders once
+            per process: use with ``num_workers=0`` or persistent workers).
     """
 
     classes = SEMSEG_CLASSES
@@ -473,6 +475,7 @@ class SyntheticScenes(Dataset):
         seed: int = 0,
         tasks: Sequence[str] | None = None,
         cache_dir: str | os.PathLike | None = None,
+        in_memory: bool = False,
     ):
         self.tasks = tuple(SYNTHETIC_TASKS if tasks is None else tasks)
         unknown = [t for t in self.tasks if t not in SYNTHETIC_TASKS]
@@ -485,6 +488,7 @@ class SyntheticScenes(Dataset):
         self.size = _to_hw(size)
         self.num_samples = int(num_samples)
         self.cache_dir = Path(cache_dir) if cache_dir is not None else None
+        self._memory: dict[int, dict] | None = {} if in_memory else None
 
     def __len__(self) -> int:
         return self.num_samples
@@ -512,4 +516,8 @@ class SyntheticScenes(Dataset):
         return arrays
 
     def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
-        return to_sample(self.render(index), self.tasks)
+        if self._memory is None:
+            return to_sample(self.render(index), self.tasks)
+        if index not in self._memory:
+            self._memory[index] = to_sample(self.render(index), self.tasks)
+        return self._memory[index]

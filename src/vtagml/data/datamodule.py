@@ -1,0 +1,123 @@
+"""LightningDataModules. ``num_classes`` and ``tasks`` are declared here and linked into the
+model by the CLI, so a task list is written once."""
+
+from __future__ import annotations
+
+import os
+from typing import Sequence
+
+import lightning as L
+import torch
+from torch.utils.data import DataLoader, Dataset, Sampler
+
+from vtagml.data.collate import collate_multitask
+from vtagml.data.image_folder import ImageFolder
+from vtagml.data.synthetic import SEMSEG_CLASSES, SYNTHETIC_TASKS, SyntheticScenes
+
+
+class EpochShuffleSampler(Sampler[int]):
+    """A shuffle that depends only on (seed, epoch), so a resumed run sees the same order.
+
+    Lightning calls ``set_epoch`` at every epoch start. The permutation equals that of
+    ``DistributedSampler(shuffle=True, seed=seed)`` on one process.
+    """
+
+    def __init__(self, data_source, seed: int = 0):
+        self.num_samples, self.seed, self.epoch = len(data_source), seed, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __iter__(self):
+        g = torch.Generator().manual_seed(self.seed + self.epoch)
+        return iter(torch.randperm(self.num_samples, generator=g).tolist())
+
+    def __len__(self) -> int:
+        return self.num_samples
+
+
+class _MultitaskDataModule(L.LightningDataModule):
+    """Loaders shared by every dataset: multitask collation, workers, pinning, predict folder."""
+
+    def __init__(self, batch_size: int, num_workers: int, pin_memory: bool, persistent_workers: bool,
+                 predict_dir: str | os.PathLike | None, seed: int = 0):
+        super().__init__()
+        self.seed = seed
+        self.batch_size, self.num_workers = batch_size, num_workers
+        self.pin_memory, self.persistent_workers = pin_memory, persistent_workers and num_workers > 0
+        self.predict_dir = predict_dir
+        self.datasets: dict[str, Dataset] = {}
+
+    def _loader(self, split: str, shuffle: bool = False, batch_size: int | None = None) -> DataLoader:
+        if split not in self.datasets:
+            raise RuntimeError(f"no {split} dataset: call setup() for the right stage first")
+        dataset = self.datasets[split]
+        # one process: an (seed, epoch) shuffle; DDP: Lightning swaps a plain shuffle for a
+        # DistributedSampler with the same seed, which visits the same samples per global batch
+        distributed = self.trainer is not None and self.trainer.world_size > 1
+        sampler = EpochShuffleSampler(dataset, self.seed) if shuffle and not distributed else None
+        return DataLoader(dataset, batch_size=batch_size or self.batch_size, sampler=sampler,
+                          shuffle=shuffle and distributed,
+                          num_workers=self.num_workers, pin_memory=self.pin_memory,
+                          persistent_workers=self.persistent_workers, collate_fn=collate_multitask,
+                          drop_last=shuffle and len(dataset) > self.batch_size)
+
+    def train_dataloader(self):
+        return self._loader("train", shuffle=True)
+
+    def val_dataloader(self):
+        return self._loader("val")
+
+    def test_dataloader(self):
+        return self._loader("test")
+
+    def predict_dataloader(self):
+        return self._loader("predict", batch_size=1)  # images may differ in size
+
+    def _setup_predict(self) -> None:
+        if self.predict_dir is None:
+            raise ValueError("predicting needs data.predict_dir: a folder of images")
+        self.datasets["predict"] = ImageFolder(self.predict_dir)
+
+
+class SyntheticDataModule(_MultitaskDataModule):
+    """Synthetic multitask scenes (the embedded default data).
+
+    Args:
+        tasks: labels to load and tasks for the model (default: semseg, depth, normals, edges).
+        size: image size, an int or (H, W).
+        domain: appearance domain of train/val/test; ``test_domain`` overrides it for testing
+            (novel-domain evaluation).
+        train_samples, val_samples, test_samples: split sizes.
+        seed: dataset seed.
+        in_memory: keep rendered samples in memory (renders each scene once with ``num_workers=0``).
+        cache_dir: optional disk cache of rendered samples.
+        batch_size, num_workers, pin_memory, persistent_workers: DataLoader options.
+        predict_dir: folder of images for ``predict``.
+    """
+
+    def __init__(self, tasks: Sequence[str] = ("semseg", "depth", "normals", "edges"), size: int | Sequence[int] = 64,
+                 domain: str = "a", test_domain: str | None = None, train_samples: int = 2000,
+                 val_samples: int = 200, test_samples: int = 200, seed: int = 0, in_memory: bool = True,
+                 cache_dir: str | None = None, batch_size: int = 32, num_workers: int = 0, pin_memory: bool = False,
+                 persistent_workers: bool = True, predict_dir: str | None = None):
+        super().__init__(batch_size, num_workers, pin_memory, persistent_workers, predict_dir, seed)
+        unknown = [t for t in tasks if t not in SYNTHETIC_TASKS]
+        if unknown:
+            raise ValueError(f"synthetic scenes have no task(s) {unknown}; available: {list(SYNTHETIC_TASKS)}")
+        self.tasks = list(tasks)
+        self.num_classes = len(SEMSEG_CLASSES)
+        self.class_names = list(SEMSEG_CLASSES)
+        self.kw = dict(size=size, seed=seed, tasks=self.tasks, cache_dir=cache_dir, in_memory=in_memory)
+        self.domain, self.test_domain = domain, test_domain or domain
+        self.sizes = dict(train=train_samples, val=val_samples, test=test_samples)
+
+    def setup(self, stage: str | None = None) -> None:
+        splits = {"fit": ("train", "val"), "validate": ("val",), "test": ("test",), "predict": ()}
+        for split in splits.get(stage, ("train", "val", "test")):
+            if split not in self.datasets:
+                domain = self.test_domain if split == "test" else self.domain
+                self.datasets[split] = SyntheticScenes(split=split, domain=domain, num_samples=self.sizes[split],
+                                                       **self.kw)
+        if stage == "predict":
+            self._setup_predict()

@@ -1,0 +1,173 @@
+"""Training engine: TROA in the loop, checkpoints and exact resume, DDP, CLI, predict."""
+
+import csv
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import lightning as L
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from lightning.pytorch.callbacks import Callback, ModelCheckpoint
+
+from tests.conftest import TINY_SWIN
+from vtagml import VTAGML
+from vtagml.cli import run_cli
+from vtagml.data import SyntheticDataModule
+from vtagml.engine.artifacts import AffinityArtifacts
+from vtagml.engine.module import MultitaskModule
+
+ROOT = Path(__file__).resolve().parents[1]
+TASKS = ("semseg", "depth", "normals", "edges")
+
+
+def tiny_module(checkpoint, **kw):
+    net = VTAGML(TINY_SWIN["name"], tasks=TASKS, num_classes=6, img_size=64, checkpoint_path=checkpoint,
+                 backbone_kwargs=TINY_SWIN["kwargs"], adapt_last_k=2, embed_dim=8, decoder_channels=16)
+    return MultitaskModule(net, lr=5e-3, **kw)
+
+
+def tiny_data(**kw):
+    kw = dict(tasks=TASKS, size=64, train_samples=8, val_samples=4, test_samples=4, batch_size=4) | kw
+    return SyntheticDataModule(**kw)
+
+
+def trainer(tmp_path, **kw):
+    kw = dict(accelerator="cpu", devices=1, logger=False, enable_progress_bar=False, enable_model_summary=False,
+              num_sanity_val_steps=0, default_root_dir=tmp_path) | kw
+    return L.Trainer(**kw)
+
+
+class StopAfterFirstEpoch(Callback):
+    """Emulates an interrupted run (same schedule, ends after epoch 1)."""
+
+    def on_train_epoch_end(self, trainer, module):
+        trainer.should_stop = True
+
+
+class LossRecorder(Callback):
+    def __init__(self):
+        self.losses = []
+
+    def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx):
+        self.losses.append(outputs["loss"].item())
+
+
+def test_fit_updates_affinity_and_writes_artifacts(tmp_path, tiny_checkpoint):
+    L.seed_everything(0)
+    module = tiny_module(tiny_checkpoint)
+    t = trainer(tmp_path, max_epochs=2, callbacks=[AffinityArtifacts(tmp_path)], enable_checkpointing=False)
+    t.fit(module, tiny_data())
+    net = module.net
+    assert torch.all(net.affinity_counts == 4)  # 2 epochs x 2 steps, every pair measured
+    assert not torch.equal(net.affinity, torch.eye(4))
+    rows = list(csv.reader(open(tmp_path / "affinity.csv")))
+    assert rows[0] == ["from \\ to", *TASKS] and len(rows) == 5
+    np.testing.assert_allclose(np.array([[float(v) for v in r[1:]] for r in rows[1:]]), net.affinity.numpy(), rtol=1e-5)
+    assert (tmp_path / "affinity.png").stat().st_size > 1000
+    metrics = t.callback_metrics
+    for key in ("val/semseg/miou", "val/depth/rmse", "val/normals/mean_angle", "val/edges/odsf", "troa/depth->normals"):
+        assert key in metrics, key
+    t.test(module, tiny_data())
+    assert set(module.last_test_metrics) >= {"semseg/miou", "depth/delta1", "edges/odsf"}
+
+
+def test_first_order_troa_adds_no_backward_pass(tmp_path, tiny_checkpoint):
+    counts = {}
+    for exact_every in (0, 1):
+        module = tiny_module(tiny_checkpoint, troa_exact_every=exact_every)
+        calls = []
+        module.net.heads["depth"].register_full_backward_hook(lambda *a: calls.append(1))
+        trainer(tmp_path, max_steps=2, enable_checkpointing=False, limit_val_batches=0).fit(module, tiny_data())
+        counts[exact_every] = len(calls)
+    assert counts[0] == 2  # one backward per training step, TROA included
+    assert counts[1] > counts[0]  # the exact lookahead needs its own
+
+
+def test_resume_continues_with_identical_losses(tmp_path, tiny_checkpoint):
+    L.seed_everything(0)
+    full = LossRecorder()
+    trainer(tmp_path / "a", max_epochs=3, callbacks=[full], enable_checkpointing=False,
+            limit_val_batches=0).fit(tiny_module(tiny_checkpoint), tiny_data())
+
+    L.seed_everything(0)
+    ckpt = ModelCheckpoint(dirpath=tmp_path / "ckpt", save_last=True)
+    first = LossRecorder()
+    trainer(tmp_path / "b", max_epochs=3, callbacks=[first, ckpt, StopAfterFirstEpoch()], limit_val_batches=0).fit(
+        tiny_module(tiny_checkpoint), tiny_data())
+    L.seed_everything(123)  # the resumed run must not depend on the global RNG
+    resumed = LossRecorder()
+    module = tiny_module(tiny_checkpoint)
+    trainer(tmp_path / "c", max_epochs=3, callbacks=[resumed], limit_val_batches=0).fit(
+        module, tiny_data(), ckpt_path=tmp_path / "ckpt" / "last.ckpt", weights_only=True)
+    assert first.losses == full.losses[:2]
+    assert resumed.losses == full.losses[2:]
+
+
+def test_checkpoint_write_is_atomic(tmp_path, tiny_checkpoint, monkeypatch):
+    module = tiny_module(tiny_checkpoint)
+    t = trainer(tmp_path, max_steps=1, enable_checkpointing=False, limit_val_batches=0)
+    t.fit(module, tiny_data())
+    path = tmp_path / "model.ckpt"
+    t.save_checkpoint(path)
+    before = path.read_bytes()
+
+    def broken_save(obj, f, *args, **kwargs):
+        f.write(b"partial")
+        raise OSError("disk full")
+
+    monkeypatch.setattr(torch, "save", broken_save)
+    with pytest.raises(OSError, match="disk full"):
+        t.save_checkpoint(path)
+    monkeypatch.undo()
+    assert path.read_bytes() == before
+    state = torch.load(path, weights_only=True)
+    assert "net.affinity" in state["state_dict"]
+
+
+@pytest.mark.timeout(300)
+def test_ddp_matches_single_process(tmp_path, tiny_checkpoint):
+    env = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1")
+    for devices, batch in ((2, 2), (1, 4)):
+        out = tmp_path / f"ddp{devices}.pt"
+        subprocess.run([sys.executable, "-m", "tests.ddp_check", "--devices", str(devices), "--batch-size",
+                        str(batch), "--checkpoint", str(tiny_checkpoint), "--out", str(out)],
+                       cwd=ROOT, env=env, check=True, capture_output=True, timeout=280)
+    two, one = torch.load(tmp_path / "ddp2.pt"), torch.load(tmp_path / "ddp1.pt")
+    assert set(two) == set(one)
+    for k in one:
+        torch.testing.assert_close(two[k], one[k], atol=1e-6, rtol=1e-5, msg=k)
+    assert not torch.equal(one["affinity"], torch.eye(4))
+
+
+def test_cli_fit_and_predict_through_argv(tmp_path, tiny_checkpoint):
+    images = tmp_path / "images"
+    images.mkdir()
+    rng = np.random.default_rng(0)
+    Image.fromarray(rng.integers(0, 255, (50, 70, 3), dtype=np.uint8)).save(images / "a.png")
+    Image.fromarray(rng.integers(0, 255, (64, 64, 3), dtype=np.uint8)).save(images / "b.jpg")
+    common = [
+        "--config", str(ROOT / "configs" / "demo.yaml"),
+        "--model.net.init_args.checkpoint_path", str(tiny_checkpoint),
+        "--model.net.init_args.backbone_kwargs", str(TINY_SWIN["kwargs"]).replace("(", "[").replace(")", "]"),
+        "--model.net.init_args.adapt_last_k", "2",
+        "--data.init_args.train_samples", "4", "--data.init_args.val_samples", "2", "--data.init_args.batch_size", "2",
+        "--trainer.default_root_dir", str(tmp_path / "run"), "--trainer.enable_progress_bar", "false",
+    ]
+    cli = run_cli(["fit", *common, "--trainer.max_epochs", "1"])
+    assert cli.model.net.task_names == list(TASKS)  # linked from the data module
+    assert cli.model.net.tasks[0].channels == 6
+    ckpt = next((tmp_path / "run").rglob("*.ckpt"))
+    run_cli(["predict", *common, "--ckpt_path", str(ckpt), "--data.init_args.predict_dir", str(images),
+             "--predict_out", str(tmp_path / "out")])
+    for name, shape in (("a", (50, 70)), ("b", (64, 64))):
+        for task in TASKS:
+            assert (tmp_path / "out" / name / f"{task}.png").exists()
+        seg = np.load(tmp_path / "out" / name / "semseg.npy")
+        assert seg.shape == shape and seg.max() < 6
+        normals = np.load(tmp_path / "out" / name / "normals.npy")
+        np.testing.assert_allclose(np.linalg.norm(normals, axis=0), 1.0, atol=1e-4)
+        assert Image.open(tmp_path / "out" / name / "depth.png").size == shape[::-1]

@@ -1,0 +1,224 @@
+"""Tasks, masked losses and split-level metrics against hand-computed and NumPy references."""
+
+import numpy as np
+import pytest
+import torch
+
+from vtagml.data.collate import collate_multitask
+from vtagml.tasks import TASK_REGISTRY, Intensity, build_task, build_tasks, register_task
+from vtagml.tasks.metrics import EdgeODSF, match_edges
+
+# ----------------------------------------------------------------- references
+
+
+def np_depth(pred, target):
+    v = target > 0
+    p, t = pred[v].astype(np.float64), target[v].astype(np.float64)
+    return {"rmse": np.sqrt(np.mean((p - t) ** 2)), "absrel": np.mean(np.abs(p - t) / t),
+            "delta1": np.mean(np.maximum(p / t, t / p) < 1.25)}
+
+
+def np_miou(pred, target, num_classes, ignore=255):
+    v = target != ignore
+    cm = np.bincount(num_classes * target[v] + pred[v], minlength=num_classes ** 2).reshape(num_classes, num_classes)
+    inter, union = np.diag(cm), cm.sum(0) + cm.sum(1) - np.diag(cm)
+    return np.mean(inter[union > 0] / union[union > 0]), inter.sum() / cm.sum()
+
+
+def run_metrics(task, batches):
+    metrics = task.build_metrics()
+    for pred, target, present in batches:
+        task.update_metrics(metrics, pred, target, present)
+    return {k: float(m.compute()) for k, m in metrics.items()}
+
+
+def random_batches(kind, n=3, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    out = []
+    for _ in range(n):
+        b = int(torch.randint(1, 4, (1,), generator=g))
+        if kind == "depth":
+            target = torch.rand(b, 1, 6, 7, generator=g) * 5
+            target[target < 0.8] = 0  # invalid pixels
+            pred = torch.rand(b, 1, 6, 7, generator=g) * 5 + 0.1
+        elif kind == "semseg":
+            target = torch.randint(0, 4, (b, 6, 7), generator=g)
+            target[torch.rand(b, 6, 7, generator=g) < 0.2] = 255
+            pred = torch.randn(b, 4, 6, 7, generator=g)
+        else:  # normals
+            target = torch.nn.functional.normalize(torch.randn(b, 3, 6, 7, generator=g), dim=1)
+            target[:, :, 0, 0] = 0  # invalid pixel
+            pred = torch.nn.functional.normalize(torch.randn(b, 3, 6, 7, generator=g), dim=1)
+        out.append((pred, target, torch.ones(b, dtype=torch.bool)))
+    return out
+
+
+# ----------------------------------------------------------------- metrics
+
+
+def test_depth_metrics_accumulate_over_batches_like_numpy():
+    batches = random_batches("depth")
+    got = run_metrics(build_task("depth"), batches)
+    ref = np_depth(torch.cat([b[0] for b in batches]).numpy(), torch.cat([b[1] for b in batches]).numpy())
+    for k in ref:
+        assert got[k] == pytest.approx(ref[k], rel=1e-6), k
+
+
+def test_semseg_metrics_match_confusion_matrix_reference():
+    task = build_task("semseg", num_classes=4)
+    batches = random_batches("semseg")
+    got = run_metrics(task, batches)
+    pred = torch.cat([b[0] for b in batches]).argmax(1).numpy()
+    miou, acc = np_miou(pred, torch.cat([b[1] for b in batches]).numpy(), 4)
+    assert got["miou"] == pytest.approx(miou, rel=1e-6) and got["pixel_acc"] == pytest.approx(acc, rel=1e-6)
+
+
+def test_normals_metrics_match_numpy():
+    batches = random_batches("normals")
+    got = run_metrics(build_task("normals"), batches)
+    p, t = torch.cat([b[0] for b in batches]).numpy(), torch.cat([b[1] for b in batches]).numpy()
+    valid = np.abs(t).sum(1) > 0
+    ang = np.degrees(np.arccos(np.clip((p * t).sum(1), -1, 1)))[valid]
+    assert got["mean_angle"] == pytest.approx(ang.mean(), rel=1e-5)
+    assert abs(got["median_angle"] - np.median(ang)) <= 0.05  # histogram bins of 0.05 degrees
+    for key, thr in (("within_11_25", 11.25), ("within_22_5", 22.5), ("within_30", 30.0)):
+        assert got[key] == pytest.approx(np.mean(ang < thr), abs=1e-6)
+
+
+def test_metric_states_merge_like_ddp():
+    for name, kind in (("depth", "depth"), ("normals", "normals")):
+        task = build_task(name)
+        a, b = random_batches(kind, seed=1), random_batches(kind, seed=2)
+        whole = run_metrics(task, a + b)
+        ma, mb = task.build_metrics(), task.build_metrics()
+        for metrics, batches in ((ma, a), (mb, b)):
+            for pred, target, present in batches:
+                task.update_metrics(metrics, pred, target, present)
+        for k in ma:
+            ma[k].merge_state(mb[k])
+            assert float(ma[k].compute()) == pytest.approx(whole[k], rel=1e-6), (name, k)
+
+
+def test_absent_samples_do_not_count():
+    task = build_task("depth")
+    (pred, target, _), = random_batches("depth", n=1, seed=4)
+    pred2, target2 = torch.cat([pred, pred * 3]), torch.cat([target, target + 1])
+    present = torch.tensor([True] * len(pred) + [False] * len(pred))
+    assert run_metrics(task, [(pred2, target2, present)]) == run_metrics(task, [(pred, target, None)])
+
+
+def test_ods_f_one_pixel_shift_within_tolerance_scores_one():
+    gt = torch.zeros(2, 1, 32, 32)
+    gt[0, 0, 10, 4:28] = 1
+    gt[1, 0, 20, 2:30] = 1
+    gt[1, 0, 5, 2:30] = 1
+    valid = torch.ones_like(gt, dtype=torch.bool)
+    m = EdgeODSF(tolerance=0.0, min_pixels=1.0)
+    m.update(torch.roll(gt, shifts=1, dims=2), gt, valid)  # every line one pixel lower
+    assert m.compute().item() == pytest.approx(1.0)
+    far = EdgeODSF(tolerance=0.0, min_pixels=1.0)
+    far.update(torch.roll(gt, shifts=2, dims=2), gt, valid)
+    assert far.compute().item() == 0.0
+    # the default BSDS tolerance is relative: 0.0075 of a 400x400 diagonal is 4.2 pixels
+    big = torch.zeros(1, 1, 400, 400)
+    big[0, 0, 200, 50:350] = 1
+    bsds = EdgeODSF()
+    bsds.update(torch.roll(big, shifts=4, dims=2), big, torch.ones_like(big, dtype=torch.bool))
+    assert bsds.compute().item() == pytest.approx(1.0)
+
+
+def test_ods_f_matching_is_one_to_one_and_counts_false_positives():
+    gt = torch.zeros(1, 1, 9, 9, dtype=torch.bool)
+    gt[0, 0, 4, 4] = True
+    pred = torch.zeros_like(gt)
+    pred[0, 0, 4, 4] = pred[0, 0, 4, 5] = True  # two predictions near one edge pixel
+    m_pred, m_gt = match_edges(pred, gt, radius=1.5)
+    assert int(m_pred.sum()) == 1 and int(m_gt.sum()) == 1
+    m = EdgeODSF(tolerance=0.0, min_pixels=1.5, thin=False)
+    m.update(pred.float(), gt.float(), torch.ones_like(gt))
+    assert m.compute().item() == pytest.approx(2 * 0.5 * 1.0 / 1.5)  # P = 1/2, R = 1
+
+
+# ----------------------------------------------------------------- losses
+
+
+@pytest.mark.parametrize("name", ["semseg", "depth", "normals", "edges", "reshading"])
+def test_losses_ignore_invalid_pixels_and_absent_samples(name):
+    task = build_tasks([name], num_classes=4)[0]
+    g = torch.Generator().manual_seed(0)
+    shape = (3, task.channels, 5, 6)
+    pred = torch.randn(shape, generator=g)
+    pred = task.postprocess(pred).detach().requires_grad_(True)
+    if name == "semseg":
+        target = torch.randint(0, 4, (3, 5, 6), generator=g)
+        target[0, 0, :3] = 255
+        changed = target.clone()
+        changed[0, 0, :3] = 255
+    elif name == "depth":
+        target = torch.rand(3, 1, 5, 6, generator=g) + 0.5
+        target[0, 0, 0, :3] = 0
+        changed = target
+    elif name == "normals":
+        target = torch.nn.functional.normalize(torch.randn(3, 3, 5, 6, generator=g), dim=1)
+        target[0, :, 0, :3] = 0
+        changed = target
+    else:
+        target = (torch.rand(3, 1, 5, 6, generator=g) > 0.7).float()
+        changed = target
+    present = torch.tensor([True, True, False])
+    loss = task.loss(pred, target, present)
+    loss.backward()
+    assert torch.isfinite(loss)
+    assert torch.count_nonzero(pred.grad[2]) == 0, "an absent label must give exactly zero gradient"
+    if name in ("depth", "normals", "semseg"):
+        assert torch.count_nonzero(pred.grad[0, :, 0, :3]) == 0, "invalid pixels must give zero gradient"
+    other = target.clone()
+    other[2] = other[2].flip(-1)  # the absent sample's label is irrelevant
+    assert torch.equal(task.loss(pred, other, present), loss)
+    nothing = task.loss(pred, changed, torch.zeros(3, dtype=torch.bool))
+    assert nothing.item() == 0.0 and not torch.isnan(nothing)
+
+
+def test_edge_loss_is_class_balanced():
+    task = build_task("edges")
+    logits, target = torch.zeros(1, 1, 1, 2), torch.tensor([[[[1.0, 0.0]]]])
+    expected = (0.95 * np.log(2) + 0.05 * np.log(2)) / 2  # BCE of logit 0 is log 2
+    assert task.loss(logits, target).item() == pytest.approx(expected, rel=1e-6)
+
+
+# ----------------------------------------------------------------- registry and collate
+
+
+def test_registry_and_custom_tasks():
+    with pytest.raises(KeyError, match="surface_curvature"):
+        build_task("surface_curvature")
+    with pytest.raises(ValueError, match="semseg.*num_classes"):
+        build_tasks(["semseg", "depth"])
+    with pytest.raises(ValueError, match="duplicate"):
+        build_tasks(["depth", "depth"])
+    if "albedo" not in TASK_REGISTRY:
+        register_task("albedo", lambda **kw: Intensity(name="albedo", **kw))
+    with pytest.raises(ValueError, match="already registered"):
+        register_task("albedo", lambda **kw: Intensity(name="albedo", **kw))
+    tasks = build_tasks(["albedo", "semseg"], num_classes=7, weights={"albedo": 2.0})
+    assert tasks[0].weight == 2.0 and tasks[1].channels == 7
+
+
+def test_normals_flip_negates_x():
+    n = torch.tensor([0.6, 0.0, 0.8]).view(3, 1, 1).repeat(1, 2, 3)
+    n[:, 0, 0] = torch.tensor([1.0, 0.0, 0.0])
+    flipped = build_task("normals").hflip(n)
+    assert torch.equal(flipped[:, 0, 2], torch.tensor([-1.0, 0.0, 0.0]))
+    assert torch.equal(flipped[:, 1, 1], torch.tensor([-0.6, 0.0, 0.8]))
+
+
+def test_collate_marks_absent_labels():
+    a = {"image": torch.zeros(3, 4, 4), "depth": torch.ones(1, 4, 4), "semseg": torch.zeros(4, 4, dtype=torch.long)}
+    b = {"image": torch.ones(3, 4, 4), "semseg": torch.ones(4, 4, dtype=torch.long)}
+    batch = collate_multitask([a, b])
+    assert batch["image"].shape == (2, 3, 4, 4)
+    assert batch["present"]["depth"].tolist() == [True, False]
+    assert batch["present"]["semseg"].tolist() == [True, True]
+    assert torch.equal(batch["depth"][1], torch.zeros(1, 4, 4))
+    with pytest.raises(ValueError, match="'depth'"):
+        collate_multitask([a, {"image": torch.zeros(3, 4, 4), "depth": torch.ones(1, 5, 5)}])
