@@ -19,6 +19,7 @@ from vtagml.cli import run_cli
 from vtagml.data import SyntheticDataModule
 from vtagml.engine.artifacts import AffinityArtifacts
 from vtagml.engine.module import MultitaskModule
+from tests.test_real_datasets import nyud, taskonomy  # noqa: F401  (fixtures)
 
 ROOT = Path(__file__).resolve().parents[1]
 TASKS = ("semseg", "depth", "normals", "edges")
@@ -171,3 +172,33 @@ def test_cli_fit_and_predict_through_argv(tmp_path, tiny_checkpoint):
         normals = np.load(tmp_path / "out" / name / "normals.npy")
         np.testing.assert_allclose(np.linalg.norm(normals, axis=0), 1.0, atol=1e-4)
         assert Image.open(tmp_path / "out" / name / "depth.png").size == shape[::-1]
+
+
+TINY_BACKBONE = ["--model.net.init_args.backbone", TINY_SWIN["name"], "--model.net.init_args.pretrained", "false",
+                 "--model.net.init_args.backbone_kwargs",
+                 str(TINY_SWIN["kwargs"]).replace("(", "[").replace(")", "]"),
+                 "--model.net.init_args.adapt_last_k", "2", "--model.net.init_args.img_size", "64",
+                 "--model.net.init_args.decoder_channels", "16", "--model.net.init_args.embed_dim", "8"]
+
+
+@pytest.mark.parametrize("config", sorted(p.name for p in (ROOT / "configs").glob("*.yaml")))
+def test_every_shipped_config_runs_one_step(config, tmp_path, request):
+    """Each YAML under configs/ trains one step (fast_dev_run) as shipped, except that the
+    backbone is a tiny random Swin (no hub here) and data is a tiny copy in the real layout."""
+    args = ["fit", "--config", str(ROOT / "configs" / config), "--trainer.fast_dev_run", "true",
+            "--trainer.default_root_dir", str(tmp_path), "--trainer.enable_progress_bar", "false",
+            "--trainer.precision", "32-true"]
+    if not config.startswith("demo"):  # the demo's small backbone weights ship in the repo
+        args += TINY_BACKBONE
+    if config.startswith("nyudv2"):
+        args += ["--data.init_args.root", str(request.getfixturevalue("nyud"))]
+    elif config.startswith("taskonomy"):
+        root = request.getfixturevalue("taskonomy")
+        args += ["--data.init_args.root", str(root), "--data.init_args.dataset_kwargs",
+                 f"{{split_csv: {root / 'splits.csv'}}}"]
+    if not config.startswith("demo"):
+        args += ["--data.init_args.crop_size", "[64, 64]", "--data.init_args.eval_size", "[64, 64]",
+                 "--data.init_args.num_workers", "0", "--data.init_args.batch_size", "2"]
+    cli = run_cli(args)
+    assert cli.trainer.state.finished
+    assert cli.model.net.task_names == list(cli.datamodule.tasks)

@@ -223,6 +223,9 @@ def test_checkpoint_errors_name_the_keys(tmp_path, tiny_checkpoint):
         create_backbone(TINY_SWIN["name"], 64, checkpoint_path=junk, **TINY_SWIN["kwargs"])
     with pytest.raises(ValueError, match="Swin"):
         create_backbone("resnet18")
+    other_arch = dict(TINY_SWIN["kwargs"], embed_dim=24)
+    with pytest.raises(ValueError, match="tiny_swin.safetensors.*does not match"):
+        create_backbone(TINY_SWIN["name"], 64, checkpoint_path=tiny_checkpoint, **other_arch)
 
 
 def test_frozen_parts_stay_in_eval_mode(tiny_checkpoint):

@@ -5,6 +5,7 @@
   One GPU: ``--trainer.accelerator gpu --trainer.devices 1``; DDP: ``--trainer.devices 4
   --trainer.strategy ddp``. Predict writes per-task PNG and NPY files for a folder of images:
   ``vtagml predict --config FILE.yaml --ckpt_path CKPT --data.predict_dir IMAGES``.
+- ``vtagml data check --dataset nyudv2 --root DIR``: validate a dataset download.
 - ``vtagml pretrain``: reproduce the demo backbone weights.
 """
 
@@ -44,6 +45,11 @@ def main(argv: list[str] | None = None) -> None:
     if command == "demo":
         from vtagml.demo import main as demo_main
         demo_main(rest)
+    elif command == "data":
+        if rest[:1] != ["check"]:
+            raise SystemExit("usage: vtagml data check --dataset NAME --root DIR")
+        from vtagml.data.check import main as check_main
+        check_main(rest[1:])
     elif command == "pretrain":
         from vtagml.pretrain import main as pretrain_main
         pretrain_main(rest)

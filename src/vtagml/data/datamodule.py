@@ -121,3 +121,79 @@ class SyntheticDataModule(_MultitaskDataModule):
                                                        **self.kw)
         if stage == "predict":
             self._setup_predict()
+
+
+def dataset_registry() -> dict[str, type]:
+    """Dataset name (as in configs and ``vtagml data check``) -> class."""
+    from vtagml.data.cityscapes import Cityscapes
+    from vtagml.data.nyud import NYUDv2
+    from vtagml.data.synthia import Synthia
+    from vtagml.data.taskonomy import Taskonomy
+    return {"nyudv2": NYUDv2, "taskonomy": Taskonomy, "cityscapes": Cityscapes, "synthia": Synthia}
+
+
+class FolderDataModule(_MultitaskDataModule):
+    """A real dataset read from its published layout (no conversion step).
+
+    Args:
+        dataset: ``nyudv2``, ``taskonomy``, ``cityscapes`` or ``synthia``.
+        root: the dataset folder.
+        tasks: library task names to load and train.
+        train_split, val_split, test_split: split names (None: no such stage).
+        crop_size: training crop (H, W); ``scale_range`` and ``hflip`` set the augmentation.
+        eval_size: resize evaluation images to this (H, W) (None: native size, batch size 1 if sizes vary).
+        dataset_kwargs: extra dataset arguments (``buildings``, ``split_csv``, ``num_classes``...), or
+            per split as ``{"train": {...}, "val": {...}}``.
+        batch_size, num_workers, pin_memory, persistent_workers, predict_dir, seed: loader options.
+    """
+
+    def __init__(self, dataset: str, root: str, tasks: Sequence[str], train_split: str | None = "train",
+                 val_split: str | None = "val", test_split: str | None = None,
+                 crop_size: Sequence[int] | None = None, scale_range: Sequence[float] = (0.75, 1.25),
+                 hflip: bool = True, eval_size: Sequence[int] | None = None, dataset_kwargs: dict | None = None,
+                 batch_size: int = 8, num_workers: int = 4, pin_memory: bool = True, persistent_workers: bool = True,
+                 predict_dir: str | None = None, seed: int = 0):
+        super().__init__(batch_size, num_workers, pin_memory, persistent_workers, predict_dir, seed)
+        registry = dataset_registry()
+        if dataset not in registry:
+            raise ValueError(f"unknown dataset {dataset!r}; choose from {sorted(registry)}")
+        self.dataset_cls, self.root, self.tasks = registry[dataset], root, list(tasks)
+        unknown = [t for t in self.tasks if t not in self.dataset_cls.available_tasks]
+        if unknown:
+            raise ValueError(f"{dataset} has no task(s) {unknown}; available: {list(self.dataset_cls.available_tasks)}")
+        self.splits = {"train": train_split, "val": val_split, "test": test_split}
+        self.kwargs = dict(dataset_kwargs or {})
+        self.num_classes = len(self._classes())
+        self.crop_size, self.scale_range, self.hflip, self.eval_size = crop_size, scale_range, hflip, eval_size
+
+    def _split_kwargs(self, split: str) -> dict:
+        if split in self.kwargs and isinstance(self.kwargs[split], dict):
+            return dict(self.kwargs[split])
+        return {k: v for k, v in self.kwargs.items() if k not in ("train", "val", "test")}
+
+    def _classes(self) -> tuple[str, ...]:
+        kw = self._split_kwargs("train")
+        if "num_classes" in kw:
+            from vtagml.data.class_maps import cityscapes_classes
+            return cityscapes_classes(kw["num_classes"])
+        return self.dataset_cls.classes
+
+    def _transform(self, train: bool):
+        from vtagml.data.transforms import JointTransform
+        from vtagml.tasks import build_tasks
+        flips = {t.name: t.hflip for t in build_tasks(self.tasks, num_classes=self.num_classes)}
+        if train:
+            return JointTransform(crop_size=self.crop_size, scale_range=self.scale_range, hflip=self.hflip, flips=flips)
+        return JointTransform(resize=self.eval_size) if self.eval_size else None
+
+    def setup(self, stage: str | None = None) -> None:
+        wanted = {"fit": ("train", "val"), "validate": ("val",), "test": ("test",), "predict": ()}
+        for split in wanted.get(stage, ("train", "val", "test")):
+            name = self.splits.get(split)
+            if name is None or split in self.datasets:
+                continue
+            self.datasets[split] = self.dataset_cls(self.root, split=name, tasks=self.tasks,
+                                                    transform=self._transform(split == "train"),
+                                                    **self._split_kwargs(split))
+        if stage == "predict":
+            self._setup_predict()

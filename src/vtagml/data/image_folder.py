@@ -5,22 +5,11 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-import numpy as np
-import torch
-from PIL import Image
 from torch.utils.data import Dataset
 
+from vtagml.data.io import read_rgb
+
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
-
-
-def read_rgb(path: str | os.PathLike) -> torch.Tensor:
-    """An image file as float (3, H, W) in [0, 1]; errors name the file."""
-    try:
-        with Image.open(path) as img:
-            arr = np.asarray(img.convert("RGB"), dtype=np.uint8)
-    except Exception as err:
-        raise ValueError(f"cannot read image {path}: {err}") from err
-    return torch.from_numpy(arr.copy()).permute(2, 0, 1).float().div_(255.0)
 
 
 class ImageFolder(Dataset):

@@ -60,17 +60,23 @@ def load_backbone_checkpoint(model: nn.Module, path: str | os.PathLike) -> None:
     state = read_state_dict(path)
     module = __import__(type(model).__module__, fromlist=["checkpoint_filter_fn"])
     if hasattr(module, "checkpoint_filter_fn"):
-        state = module.checkpoint_filter_fn(state, model)
+        try:
+            state = module.checkpoint_filter_fn(state, model)
+        except Exception as err:  # shapes or names that timm cannot convert
+            raise ValueError(f"backbone checkpoint {path} does not match {type(model).__name__} "
+                             f"(timm's conversion failed: {type(err).__name__}: {err})") from err
     state = {k: v for k, v in state.items() if not k.startswith("head.")}
-    result = model.load_state_dict(state, strict=False)
-    missing = [k for k in result.missing_keys if not k.startswith(_UNUSED_PREFIXES)]
-    unexpected = list(result.unexpected_keys)
-    if missing or unexpected:
-        raise ValueError(
-            f"backbone checkpoint {path} does not match {type(model).__name__}: "
-            f"missing keys {missing[:20]}{' ...' if len(missing) > 20 else ''}; "
-            f"unexpected keys {unexpected[:20]}{' ...' if len(unexpected) > 20 else ''}"
-        )
+    own = model.state_dict()
+    missing = [k for k in own if k not in state and not k.startswith(_UNUSED_PREFIXES)]
+    unexpected = [k for k in state if k not in own]
+    mismatched = [f"{k} {tuple(state[k].shape)} vs {tuple(own[k].shape)}"
+                  for k in state if k in own and state[k].shape != own[k].shape]
+    if missing or unexpected or mismatched:
+        def first(items):
+            return f"{items[:20]}{' ...' if len(items) > 20 else ''}"
+        raise ValueError(f"backbone checkpoint {path} does not match {type(model).__name__}: missing keys "
+                         f"{first(missing)}; unexpected keys {first(unexpected)}; wrong shapes {first(mismatched)}")
+    model.load_state_dict(state, strict=False)
 
 
 def create_backbone(
