@@ -3,7 +3,8 @@
 Images are resampled bilinearly (antialiased when shrinking); labels with nearest neighbours,
 so class ids stay ids, depth values stay metres (resizing does not rescale depth) and normals
 stay unit vectors. A horizontal flip uses each task's own ``hflip`` (normals negate x).
-Padding uses each label's invalid value (255 for classes, 0 elsewhere).
+Padding uses each label's invalid value (255 for classes, 0 elsewhere). A sample's
+``intrinsics`` (3x3, pixels, principal point in the pixel-edge convention) follow every step.
 """
 
 from __future__ import annotations
@@ -66,11 +67,26 @@ class JointTransform:
             raise ValueError(f"scale_range must satisfy 0 < low <= high, got {scale_range}")
         self.scale_range, self.hflip, self.flips = (lo, hi), hflip, flips or {}
 
+    @staticmethod
+    def _intrinsics(sample: dict, scale=(1.0, 1.0), shift=(0.0, 0.0), flip_width: int | None = None) -> None:
+        k = sample.get("intrinsics")
+        if k is None:
+            return
+        k = k.clone()
+        k[0, :3] *= scale[1]
+        k[1, :3] *= scale[0]
+        k[0, 2] -= shift[1]
+        k[1, 2] -= shift[0]
+        if flip_width is not None:
+            k[0, 2] = flip_width - k[0, 2]
+        sample["intrinsics"] = k
+
     def _resize(self, sample: dict, size: tuple[int, int]) -> dict:
         out = dict(sample)
         img = sample["image"]
         if tuple(img.shape[-2:]) == size:
             return out
+        self._intrinsics(out, scale=(size[0] / img.shape[-2], size[1] / img.shape[-1]))
         antialias = size[0] < img.shape[-2]
         out["image"] = F.interpolate(img[None], size=size, mode="bilinear", align_corners=False,
                                      antialias=antialias)[0].clamp_(0, 1)
@@ -98,10 +114,12 @@ class JointTransform:
                 sample[key] = _pad(sample[key], ch, cw, _fill(sample[key]))
             h, w = sample["image"].shape[-2:]
             top, left = random.randint(0, h - ch), random.randint(0, w - cw)
+            self._intrinsics(sample, shift=(top, left))
             for key in ["image", *self._labels(sample)]:
                 sample[key] = sample[key][..., top:top + ch, left:left + cw].contiguous()
         if self.hflip and random.random() < 0.5:
             sample = dict(sample)
+            self._intrinsics(sample, flip_width=sample["image"].shape[-1])
             sample["image"] = sample["image"].flip(-1)
             for key in self._labels(sample):
                 flip = self.flips.get(key, lambda x: x.flip(-1))

@@ -126,7 +126,7 @@ class SurfaceNormals(Task):
         self.loss_name = loss
 
     def postprocess(self, raw: Tensor) -> Tensor:
-        return F.normalize(raw, dim=1, eps=1e-6)
+        return losses.unit_vectors(raw, dim=1, eps=1e-6)
 
     def valid_mask(self, target: Tensor) -> Tensor:
         return (target.abs().sum(dim=1, keepdim=True) > 1e-6)

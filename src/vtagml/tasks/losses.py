@@ -11,6 +11,12 @@ import torch.nn.functional as F
 from torch import Tensor
 
 
+def unit_vectors(x: Tensor, dim: int = 1, eps: float = 1e-6) -> Tensor:
+    """``x / max(|x|, eps)`` along ``dim``. Same as ``F.normalize``, which is far slower on CPU
+    across the channel dimension of (B, C, H, W) maps."""
+    return x / x.pow(2).sum(dim, keepdim=True).sqrt().clamp_min(eps)
+
+
 def _mean_over(values: Tensor, count: Tensor | int, like: Tensor) -> Tensor:
     if int(count) == 0:
         return like.sum() * 0.0
@@ -47,7 +53,7 @@ def berhu(pred: Tensor, target: Tensor, valid: Tensor, ratio: float = 0.2) -> Te
 
 def cosine(pred: Tensor, target: Tensor, valid: Tensor) -> Tensor:
     """Mean of ``1 - cos(pred, target)`` over valid pixels; vectors along dim 1."""
-    cos = F.cosine_similarity(pred.float(), target.float(), dim=1, eps=1e-8).unsqueeze(1)
+    cos = (unit_vectors(pred.float(), eps=1e-8) * unit_vectors(target.float(), eps=1e-8)).sum(1, keepdim=True)
     return _mean_over(1.0 - cos[valid], valid.sum(), pred)
 
 

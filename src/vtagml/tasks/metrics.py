@@ -18,6 +18,8 @@ import torch.nn.functional as F
 from torch import Tensor
 from torchmetrics import Metric
 
+from vtagml.tasks.losses import unit_vectors
+
 # --------------------------------------------------------------------------- depth
 
 
@@ -102,7 +104,7 @@ ANGLE_BIN_DEG = 0.05
 
 def angular_error_deg(pred: Tensor, target: Tensor, valid: Tensor) -> Tensor:
     """Angle in degrees between unit vectors (B, 3, H, W) at the valid pixels (B, 1, H, W)."""
-    cos = F.cosine_similarity(pred.double(), target.double(), dim=1, eps=1e-12).clamp(-1.0, 1.0)
+    cos = (unit_vectors(pred.double(), eps=1e-12) * unit_vectors(target.double(), eps=1e-12)).sum(1).clamp(-1.0, 1.0)
     return torch.rad2deg(torch.acos(cos))[valid[:, 0]]
 
 
