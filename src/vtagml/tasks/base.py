@@ -37,6 +37,13 @@ class Task:
             raise ValueError(f"task {name!r}: weight must be >= 0, got {weight}")
         self.name, self.channels, self.weight = name, int(channels), float(weight)
 
+    def _pick_loss(self, loss: str, choices: dict[str, Callable]) -> Callable:
+        """The masked loss function named ``loss`` among ``choices``; a clear error otherwise."""
+        if loss not in choices:
+            raise ValueError(f"task {self.name!r}: loss must be one of {sorted(choices)}, got {loss!r}")
+        self.loss_name = loss
+        return choices[loss]
+
     def __repr__(self) -> str:
         return f"{type(self).__name__}(name={self.name!r}, channels={self.channels}, weight={self.weight})"
 
@@ -59,8 +66,12 @@ class Task:
             valid = valid & present.view(-1, 1, 1, 1).to(valid.device)
         return valid
 
+    #: masked loss ``fn(pred, target, valid) -> scalar`` (set by subclasses)
+    loss_fn: Callable[[Tensor, Tensor, Tensor], Tensor]
+
     def loss(self, pred: Tensor, target: Tensor, present: Tensor | None = None) -> Tensor:
-        raise NotImplementedError
+        """Mean of ``loss_fn`` over valid pixels of present samples; exactly 0 when there are none."""
+        return self.loss_fn(pred, target, self.masked_valid(target, present))
 
     # -- evaluation
     def build_metrics(self) -> nn.ModuleDict:

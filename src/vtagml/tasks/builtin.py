@@ -47,6 +47,7 @@ class SemanticSegmentation(Task):
             raise ValueError(f"task {name!r}: num_classes must be >= 2, got {num_classes}")
         super().__init__(name, num_classes, weight)
         self.num_classes, self.ignore_index = num_classes, ignore_index
+        self.loss_fn = functools.partial(losses.cross_entropy, ignore_index=ignore_index)
         self.class_names = list(class_names) if class_names else [str(i) for i in range(num_classes)]
 
     def valid_mask(self, target: Tensor) -> Tensor:
@@ -55,8 +56,6 @@ class SemanticSegmentation(Task):
     def to_label(self, pred: Tensor) -> Tensor:
         return pred.argmax(dim=1)
 
-    def loss(self, pred, target, present=None):
-        return losses.cross_entropy(pred, target, self.masked_valid(target, present), self.ignore_index)
 
     def build_metrics(self) -> nn.ModuleDict:
         kw = dict(num_classes=self.num_classes, ignore_index=self.ignore_index, validate_args=False)
@@ -86,9 +85,7 @@ class Depth(Task):
 
     def __init__(self, name: str = "depth", weight: float = 1.0, loss: str = "l1"):
         super().__init__(name, 1, weight)
-        if loss not in ("l1", "berhu"):
-            raise ValueError(f"task {name!r}: loss must be 'l1' or 'berhu', got {loss!r}")
-        self.loss_name = loss
+        self.loss_fn = self._pick_loss(loss, {"l1": losses.l1, "berhu": losses.berhu})
 
     def postprocess(self, raw: Tensor) -> Tensor:
         return F.softplus(raw)
@@ -96,9 +93,6 @@ class Depth(Task):
     def valid_mask(self, target: Tensor) -> Tensor:
         return target > 0
 
-    def loss(self, pred, target, present=None):
-        fn = losses.l1 if self.loss_name == "l1" else losses.berhu
-        return fn(pred, target, self.masked_valid(target, present))
 
     def build_metrics(self) -> nn.ModuleDict:
         return nn.ModuleDict({"rmse": DepthRMSE(), "absrel": DepthAbsRel(), "delta1": DepthDelta(1.25)})
@@ -121,9 +115,7 @@ class SurfaceNormals(Task):
 
     def __init__(self, name: str = "normals", weight: float = 1.0, loss: str = "cosine"):
         super().__init__(name, 3, weight)
-        if loss not in ("cosine", "l1"):
-            raise ValueError(f"task {name!r}: loss must be 'cosine' or 'l1', got {loss!r}")
-        self.loss_name = loss
+        self.loss_fn = self._pick_loss(loss, {"cosine": losses.cosine, "l1": losses.l1})
 
     def postprocess(self, raw: Tensor) -> Tensor:
         return losses.unit_vectors(raw, dim=1, eps=1e-6)
@@ -131,9 +123,6 @@ class SurfaceNormals(Task):
     def valid_mask(self, target: Tensor) -> Tensor:
         return (target.abs().sum(dim=1, keepdim=True) > 1e-6)
 
-    def loss(self, pred, target, present=None):
-        fn = losses.cosine if self.loss_name == "cosine" else losses.l1
-        return fn(pred, target, self.masked_valid(target, present))
 
     def build_metrics(self) -> nn.ModuleDict:
         return nn.ModuleDict({"mean_angle": NormalsMeanAngle(), "median_angle": NormalsMedianAngle(),
@@ -162,12 +151,11 @@ class Edges(Task):
         if not 0.0 < pos_weight < 1.0:
             raise ValueError(f"task {name!r}: pos_weight must be in (0, 1), got {pos_weight}")
         self.pos_weight, self.tolerance, self.min_pixels = pos_weight, tolerance, min_pixels
+        self.loss_fn = functools.partial(losses.balanced_bce, pos_weight=pos_weight)
 
     def to_label(self, pred: Tensor) -> Tensor:
         return torch.sigmoid(pred)
 
-    def loss(self, pred, target, present=None):
-        return losses.balanced_bce(pred, target, self.masked_valid(target, present), self.pos_weight)
 
     def build_metrics(self) -> nn.ModuleDict:
         return nn.ModuleDict({"odsf": EdgeODSF(tolerance=self.tolerance, min_pixels=self.min_pixels),
@@ -187,12 +175,11 @@ class Intensity(Task):
 
     def __init__(self, name: str = "reshading", weight: float = 1.0):
         super().__init__(name, 1, weight)
+        self.loss_fn = losses.l1
 
     def postprocess(self, raw: Tensor) -> Tensor:
         return torch.sigmoid(raw)
 
-    def loss(self, pred, target, present=None):
-        return losses.l1(pred, target, self.masked_valid(target, present))
 
     def build_metrics(self) -> nn.ModuleDict:
         return nn.ModuleDict({"mae": MaskedMean()})
