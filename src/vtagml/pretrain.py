@@ -9,9 +9,7 @@ object-category presence, on synthetic scenes that the demo never sees:
   the patch embedding; a linear layer on the last stage reconstructs the pixels; L1 loss on
   masked pixels (Xie et al., SimMIM, 2022);
 - object categories: a linear layer on pooled features predicts which object kinds (box,
-  sphere, cylinder) appear in the image (multi-label BCE);
-- layout: a linear layer on pooled features regresses the scene layout the renderer knows:
-  camera height, pitch, roll, field of view and the room's three sizes (standardized, L1).
+  sphere, cylinder) appear in the image (multi-label BCE).
 
 No depth, normals, edges or per-pixel semantic label is used. Only the backbone's weights
 are saved (safetensors, float16), under timm's own key names, so they load through the same
@@ -32,7 +30,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from vtagml.data.synthetic import SEMSEG_CLASSES, render_scene, sample_geometry
+from vtagml.data.synthetic import SEMSEG_CLASSES, render_scene
 from vtagml.models.backbone import create_backbone
 
 #: The demo backbone: a small timm Swin (1.7 M parameters; 3.5 MB in float16).
@@ -48,28 +46,15 @@ def demo_weights_path() -> Path:
     return Path(__file__).parent / "weights" / "demo_swin.safetensors"
 
 
-LAYOUT = ("camera height", "pitch", "roll", "horizontal fov", "room x", "room y", "room z")
-
-
-def scene_layout(seed: int, split: str, domain: str, index: int) -> list[float]:
-    """The renderer's layout of a scene (:data:`LAYOUT`): camera pose and intrinsics, room size."""
-    geo = sample_geometry(seed, split, domain, index)
-    rot = geo["rotation"]  # columns: camera right, down, forward in the world (z up)
-    return [float(geo["cam"][2]), math.asin(float(rot[2, 2])), math.asin(float(rot[2, 0])), geo["fov_x"],
-            *map(float, geo["room"])]
-
-
-def _render_pool(num: int, size: int, seed: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def _render_pool(num: int, size: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
     images = torch.empty(num, 3, size, size, dtype=torch.uint8)
     present = torch.empty(num, len(OBJECT_CLASSES))
-    layout = torch.empty(num, len(LAYOUT))
     for i in range(num):
         s = render_scene(seed, "pretrain", i, "c", size)
         images[i] = torch.from_numpy(s["image"]).permute(2, 0, 1)
         counts = torch.bincount(torch.from_numpy(s["semseg"].astype("int64")).flatten(), minlength=len(SEMSEG_CLASSES))
         present[i] = (counts[OBJECT_CLASSES] >= 4).float()
-        layout[i] = torch.tensor(scene_layout(seed, "pretrain", "c", i))
-    return images, present, (layout - layout.mean(0)) / layout.std(0).clamp_min(1e-6)
+    return images, present
 
 
 class SimMIM(nn.Module):
@@ -85,10 +70,9 @@ class SimMIM(nn.Module):
         self.mask_token = nn.Parameter(torch.zeros(1, 1, 1, c0))
         self.decoder = nn.Linear(c_last, self.stride * self.stride * 3)
         self.classifier = nn.Linear(c_last, len(OBJECT_CLASSES))
-        self.layout = nn.Linear(c_last, len(LAYOUT))
 
-    def forward(self, x: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """x (B, 3, H, W) normalized; mask (B, H/p, W/p) bool -> (reconstruction, logits, layout)."""
+    def forward(self, x: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """x (B, 3, H, W) normalized; mask (B, H/p, W/p) bool -> (reconstruction, logits)."""
         tokens = self.backbone.patch_embed(x)  # (B, H/4, W/4, C)
         scale = self.mask_patch // (x.shape[-1] // tokens.shape[2])
         m = mask.repeat_interleave(scale, 1).repeat_interleave(scale, 2).unsqueeze(-1).to(tokens)
@@ -97,18 +81,16 @@ class SimMIM(nn.Module):
         b, h, w, _ = feat.shape
         rec = self.decoder(feat).view(b, h, w, self.stride, self.stride, 3)
         rec = rec.permute(0, 5, 1, 3, 2, 4).reshape(b, 3, h * self.stride, w * self.stride)
-        pooled = feat.mean(dim=(1, 2))
-        return rec, self.classifier(pooled), self.layout(pooled)
+        return rec, self.classifier(feat.mean(dim=(1, 2)))
 
 
-def _augment(images: torch.Tensor, g: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
-    """Random horizontal flips and colour gain/offset; returns the images and which were flipped."""
+def _augment(images: torch.Tensor, g: torch.Generator) -> torch.Tensor:
     x = images.float() / 255.0
     flip = torch.rand(x.shape[0], generator=g) < 0.5
     x[flip] = x[flip].flip(-1)
     gain = 0.7 + 0.6 * torch.rand(x.shape[0], 3, 1, 1, generator=g)
     bias = 0.1 * (torch.rand(x.shape[0], 1, 1, 1, generator=g) - 0.5)
-    return (x * gain + bias).clamp(0, 1), flip
+    return (x * gain + bias).clamp(0, 1)
 
 
 def pretrain(out: Path, num_images: int = 6000, epochs: int = 30, batch_size: int = 64, lr: float = 2e-3,
@@ -117,7 +99,7 @@ def pretrain(out: Path, num_images: int = 6000, epochs: int = 30, batch_size: in
     g = torch.Generator().manual_seed(seed)
     start = time.time()
     size = DEMO_BACKBONE["img_size"]
-    images, present, layout = _render_pool(num_images, size, seed)
+    images, present = _render_pool(num_images, size, seed)
     print(f"rendered {num_images} pretraining images in {time.time() - start:.0f}s", flush=True)
     backbone = create_backbone(DEMO_BACKBONE["name"], size, **DEMO_BACKBONE["kwargs"])
     model = SimMIM(backbone)
@@ -135,16 +117,13 @@ def pretrain(out: Path, num_images: int = 6000, epochs: int = 30, batch_size: in
         order = torch.randperm(num_images, generator=g)
         for i in range(steps_per_epoch):
             idx = order[i * batch_size:(i + 1) * batch_size]
-            x, flipped = _augment(images[idx], g)
+            x = _augment(images[idx], g)
             mask = torch.rand(len(idx), grid, grid, generator=g) < 0.5
-            rec, logits, lay = model((x - mean) / std, mask)
+            rec, logits = model((x - mean) / std, mask)
             pix = mask.repeat_interleave(model.mask_patch, 1).repeat_interleave(model.mask_patch, 2).unsqueeze(1)
             mim = ((rec - (x - mean) / std).abs() * pix).sum() / (pix.sum() * 3).clamp_min(1)
             cls = F.binary_cross_entropy_with_logits(logits, present[idx])
-            target = layout[idx].clone()
-            target[flipped, 2] = -target[flipped, 2]  # a mirror negates the roll
-            lay_loss = (lay - target).abs().mean()
-            loss = mim + 0.2 * cls + 0.2 * lay_loss
+            loss = mim + 0.2 * cls
             opt.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), 3.0)
@@ -152,15 +131,14 @@ def pretrain(out: Path, num_images: int = 6000, epochs: int = 30, batch_size: in
             sched.step()
             step += 1
             if step % log_every == 0 or step == total:
-                history.append(dict(step=step, mim=round(mim.item(), 4), cls=round(cls.item(), 4),
-                                    layout=round(lay_loss.item(), 4)))
+                history.append(dict(step=step, mim=round(mim.item(), 4), cls=round(cls.item(), 4)))
                 print(f"epoch {epoch + 1}/{epochs} step {step}/{total} mim {mim.item():.4f} "
-                      f"cls {cls.item():.4f} layout {lay_loss.item():.4f} ({time.time() - start:.0f}s)", flush=True)
+                      f"cls {cls.item():.4f} ({time.time() - start:.0f}s)", flush=True)
     from safetensors.torch import save_file
     out.parent.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().half().contiguous() for k, v in backbone.state_dict().items() if not k.startswith("head.")}
     tmp = out.with_suffix(".tmp")
-    save_file(state, str(tmp), metadata={"recipe": "simmim+object-presence+layout", "seed": str(seed),
+    save_file(state, str(tmp), metadata={"recipe": "simmim+object-presence", "seed": str(seed),
                                          "architecture": json.dumps(DEMO_BACKBONE)})
     tmp.replace(out)
     info = dict(seconds=round(time.time() - start), steps=total, final=history[-1] if history else None,
