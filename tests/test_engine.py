@@ -88,6 +88,15 @@ def test_first_order_troa_adds_no_backward_pass(tmp_path, tiny_checkpoint):
     assert counts[1] > counts[0]  # the exact lookahead needs its own
 
 
+def test_bf16_mixed_precision_trains_with_troa(tmp_path, tiny_checkpoint):
+    module = tiny_module(tiny_checkpoint)
+    frozen = module.net.trunk["patch_embed"].proj.weight.clone()
+    trainer(tmp_path, max_steps=2, precision="bf16-mixed", enable_checkpointing=False, limit_val_batches=0).fit(
+        module, tiny_data())
+    assert torch.isfinite(module.net.affinity).all() and torch.all(module.net.affinity_counts == 2)
+    assert torch.equal(module.net.trunk["patch_embed"].proj.weight, frozen)
+
+
 def test_resume_continues_with_identical_losses(tmp_path, tiny_checkpoint):
     L.seed_everything(0)
     full = LossRecorder()
@@ -202,3 +211,22 @@ def test_every_shipped_config_runs_one_step(config, tmp_path, request):
     cli = run_cli(args)
     assert cli.trainer.state.finished
     assert cli.model.net.task_names == list(cli.datamodule.tasks)
+
+
+def test_demo_config_matches_the_demo():
+    """configs/demo.yaml describes what `vtagml demo` runs."""
+    import yaml
+    from vtagml.demo import build_demo
+    from vtagml.pretrain import DEMO_BACKBONE
+
+    cfg = yaml.safe_load(open(ROOT / "configs" / "demo.yaml"))
+    module, dm = build_demo()
+    net_args = cfg["model"]["net"]["init_args"]
+    assert net_args["backbone"] == DEMO_BACKBONE["name"] and net_args["img_size"] == DEMO_BACKBONE["img_size"]
+    assert {k: tuple(v) if isinstance(v, list) else v for k, v in net_args["backbone_kwargs"].items()} \
+        == DEMO_BACKBONE["kwargs"]
+    assert net_args["embed_dim"] == module.net.embed_dim and net_args["adapt_last_k"] == module.net.num_third
+    assert cfg["model"]["lr"] == module.hparams.lr and cfg["trainer"]["max_epochs"] == 6
+    data = cfg["data"]["init_args"]
+    assert data["batch_size"] == dm.batch_size and data["train_samples"] == dm.sizes["train"]
+    assert data["tasks"] == dm.tasks

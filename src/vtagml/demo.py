@@ -36,7 +36,7 @@ TARGETS = {"semseg/miou": (">=", 0.60), "depth/delta1": (">=", 0.80), "normals/m
            "edges/odsf": (">=", 0.50)}
 
 
-def build_demo(train_samples: int = 2000, val_samples: int = 200, batch_size: int = 32, lr: float = 2e-3,
+def build_demo(train_samples: int = 2000, val_samples: int = 200, batch_size: int = 16, lr: float = 4e-3,
                seed: int = 0, weights: Path | None = None) -> tuple[MultitaskModule, SyntheticDataModule]:
     """The demo's model and data (also what ``configs/demo.yaml`` describes)."""
     dm = SyntheticDataModule(tasks=DEMO_TASKS, size=DEMO_BACKBONE["img_size"], domain="a", train_samples=train_samples,
@@ -58,7 +58,7 @@ def _table(metrics: dict) -> str:
     return "\n".join(lines)
 
 
-def run_demo(out: Path, epochs: int = 6, train_samples: int = 2000, batch_size: int = 32, lr: float = 2e-3,
+def run_demo(out: Path, epochs: int = 6, train_samples: int = 2000, batch_size: int = 16, lr: float = 4e-3,
              seed: int = 0, weights: Path | None = None) -> dict:
     start = time.time()
     out.mkdir(parents=True, exist_ok=True)
@@ -125,8 +125,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--out", type=Path, default=Path("vtagml-demo"), help="output folder")
     parser.add_argument("--epochs", type=int, default=6)
     parser.add_argument("--train-samples", type=int, default=2000)
-    parser.add_argument("--batch-size", type=int, default=32)
-    parser.add_argument("--lr", type=float, default=2e-3)
+    parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--lr", type=float, default=4e-3)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--weights", type=Path, default=None, help="backbone weights (default: the packaged ones)")
     args = parser.parse_args(argv)

@@ -151,6 +151,8 @@ class VTAGML(nn.Module):
             # composed as task vectors theta_0 + sum_j a_j (theta_j - theta_0)
             self.decoders = nn.ModuleDict({t.name: copy.deepcopy(template) for t in self.tasks})
         self.heads = nn.ModuleDict({t.name: TaskHead(template.out_channels, t.channels) for t in self.tasks})
+        for t in self.tasks:
+            t.init_head(self.heads[t.name].conv)
         self.train()
 
     # ------------------------------------------------------------------ parameters

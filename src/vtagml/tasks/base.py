@@ -48,6 +48,9 @@ class Task:
         return f"{type(self).__name__}(name={self.name!r}, channels={self.channels}, weight={self.weight})"
 
     # -- model side
+    def init_head(self, conv: nn.Conv2d) -> None:
+        """Initialize the task's 1x1 output conv (e.g. a bias at the output's typical value)."""
+
     def postprocess(self, raw: Tensor) -> Tensor:
         return raw
 

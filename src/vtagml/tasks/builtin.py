@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import functools
+import math
 
 import matplotlib
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 from torchmetrics.classification import MulticlassAccuracy, MulticlassJaccardIndex
 
@@ -78,17 +78,27 @@ class SemanticSegmentation(Task):
 
 
 class Depth(Task):
-    """Metric depth (B, 1, H, W) in metres, 0 = invalid; positive predictions via softplus."""
+    """Metric depth (B, 1, H, W) in metres, 0 = invalid.
+
+    Predictions are ``exp(raw)``, starting at ``typical_depth`` (the head's bias), so training
+    moves in log space (ratios, as the delta metrics measure) from the right scale.
+    """
 
     kind = "depth"
     primary_metric = "rmse"
 
-    def __init__(self, name: str = "depth", weight: float = 1.0, loss: str = "l1"):
+    def __init__(self, name: str = "depth", weight: float = 1.0, loss: str = "l1", typical_depth: float = 3.0):
         super().__init__(name, 1, weight)
+        if typical_depth <= 0:
+            raise ValueError(f"task {name!r}: typical_depth must be > 0, got {typical_depth}")
+        self.typical_depth = typical_depth
         self.loss_fn = self._pick_loss(loss, {"l1": losses.l1, "berhu": losses.berhu})
 
+    def init_head(self, conv: nn.Conv2d) -> None:
+        nn.init.constant_(conv.bias, math.log(self.typical_depth))
+
     def postprocess(self, raw: Tensor) -> Tensor:
-        return F.softplus(raw)
+        return torch.exp(raw.clamp(max=12.0))  # at most 1.6e5 m
 
     def valid_mask(self, target: Tensor) -> Tensor:
         return target > 0
