@@ -15,7 +15,7 @@ import sys
 
 from lightning.pytorch.cli import LightningCLI
 
-from vtagml.data.datamodule import _MultitaskDataModule
+from vtagml.data.datamodule import MultitaskDataModule
 from vtagml.engine.module import MultitaskModule
 
 
@@ -35,7 +35,7 @@ class VTAGMLCLI(LightningCLI):
 
 def run_cli(args: list[str] | None = None) -> VTAGMLCLI:
     """LightningCLI on ``args`` (default: the command line)."""
-    return VTAGMLCLI(MultitaskModule, _MultitaskDataModule, subclass_mode_data=True, args=args,
+    return VTAGMLCLI(MultitaskModule, MultitaskDataModule, subclass_mode_data=True, args=args,
                      save_config_kwargs={"overwrite": True}, auto_configure_optimizers=False)
 
 

@@ -36,8 +36,10 @@ class EpochShuffleSampler(Sampler[int]):
         return self.num_samples
 
 
-class _MultitaskDataModule(L.LightningDataModule):
-    """Loaders shared by every dataset: multitask collation, workers, pinning, predict folder."""
+class MultitaskDataModule(L.LightningDataModule):
+    """Base of vtagml's datamodules (the CLI's ``data`` type): multitask collation, workers,
+    pinning, seeded shuffling and a predict folder. Subclasses fill ``self.datasets`` in
+    ``setup`` and set ``tasks`` and ``num_classes``, which the CLI links into the model."""
 
     def __init__(self, batch_size: int, num_workers: int, pin_memory: bool, persistent_workers: bool,
                  predict_dir: str | os.PathLike | None, seed: int = 0):
@@ -80,7 +82,7 @@ class _MultitaskDataModule(L.LightningDataModule):
         self.datasets["predict"] = ImageFolder(self.predict_dir)
 
 
-class SyntheticDataModule(_MultitaskDataModule):
+class SyntheticDataModule(MultitaskDataModule):
     """Synthetic multitask scenes (the embedded default data).
 
     Args:
@@ -132,7 +134,7 @@ def dataset_registry() -> dict[str, type]:
     return {"nyudv2": NYUDv2, "taskonomy": Taskonomy, "cityscapes": Cityscapes, "synthia": Synthia}
 
 
-class FolderDataModule(_MultitaskDataModule):
+class FolderDataModule(MultitaskDataModule):
     """A real dataset read from its published layout (no conversion step).
 
     Args:

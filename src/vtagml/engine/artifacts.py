@@ -126,8 +126,7 @@ class PredictionWriter(BasePredictionWriter):
 
     def write_on_batch_end(self, trainer, module, prediction, batch_indices, batch, batch_idx, dataloader_idx=0):
         tasks = {t.name: t for t in module.net.tasks}
-        names = prediction["name"] or [f"{batch_idx:06d}_{i}" for i in range(prediction["image"].shape[0])]
-        for b, name in enumerate(names):
+        for b, name in enumerate(prediction["name"]):
             folder = self.output_dir / str(name)
             folder.mkdir(parents=True, exist_ok=True)
             for task_name, label in prediction["labels"].items():

@@ -206,8 +206,8 @@ class MultitaskModule(L.LightningModule):
 
     def predict_step(self, batch: dict, batch_idx: int, dataloader_idx: int = 0) -> dict:
         preds = self.net(batch["image"])
-        return {"name": batch.get("name"), "image": batch["image"],
-                "labels": {t.name: t.to_label(preds[t.name]) for t in self.net.tasks}}
+        names = batch.get("name") or [f"{batch_idx:06d}_{i}" for i in range(batch["image"].shape[0])]
+        return {"name": list(names), "labels": {t.name: t.to_label(preds[t.name]).cpu() for t in self.net.tasks}}
 
     # ------------------------------------------------------------------ optimization
     def configure_optimizers(self):
