@@ -29,6 +29,7 @@ come from NumPy's PCG64 streams and per-pixel work uses only IEEE-exact operatio
 from __future__ import annotations
 
 import colorsys
+import functools
 import math
 import os
 import tempfile
@@ -53,7 +54,8 @@ RENDERER_VERSION = 1
 
 _FLOOR, _WALL, _CEILING, _BOX, _SPHERE, _CYLINDER = range(6)
 _EPS = 1e-6
-_CONTINUITY_TOL = 0.05  # relative depth gap above which a neighbour pair is an occlusion
+_CONTINUITY_TOL = 0.05
+_TEXTURE_CODES = {"plain": 0, "checker": 1, "stripes": 2}  # relative depth gap above which a neighbour pair is an occlusion
 
 
 @dataclass(frozen=True)
@@ -158,7 +160,7 @@ def sample_appearance(seed: int, split: str, domain: str, index: int, num_instan
     g = _rng(seed, split, domain, index, stream=1)
     dom = DOMAINS[domain]
     colours = np.zeros((num_instances, 2, 3))
-    kinds, freqs, dirs = [], [], np.zeros((num_instances, 3))
+    texture, freqs, dirs = [], [], np.zeros((num_instances, 3))
     for i in range(num_instances):
         hue = g.random()
         sat = g.uniform(*dom.saturation)
@@ -167,11 +169,11 @@ def sample_appearance(seed: int, split: str, domain: str, index: int, num_instan
         contrast = g.uniform(*dom.texture_contrast)
         colours[i, 0] = base
         colours[i, 1] = base * (1.0 - contrast)
-        kinds.append(dom.texture_kinds[int(g.integers(0, len(dom.texture_kinds)))])
+        texture.append(_TEXTURE_CODES[dom.texture_kinds[int(g.integers(0, len(dom.texture_kinds)))]])
         freqs.append(g.uniform(*dom.texture_freq))
         v = g.normal(size=3)
         dirs[i] = v / max(math.sqrt(float(v[0] ** 2 + v[1] ** 2 + v[2] ** 2)), 1e-9)
-    return dict(colours=colours, kinds=kinds, freqs=np.array(freqs), dirs=dirs, domain=dom, rng=g)
+    return dict(colours=colours, texture=np.array(texture), freqs=np.array(freqs), dirs=dirs, domain=dom, rng=g)
 
 
 def intrinsics_matrix(fov_x: float, height: int, width: int) -> np.ndarray:
@@ -199,9 +201,16 @@ def _safe(d: np.ndarray) -> np.ndarray:
 # ``idx`` that it wins. Attributes are computed once per pixel, for the nearest primitive only.
 
 def _t_room(o, d, room):
-    t_axes = (np.where(d > 0, room[None, :], 0.0) - o[None, :]) / _safe(d)
-    axis = np.argmin(t_axes, axis=1)
-    return t_axes[np.arange(len(axis)), axis], axis
+    t, axis = None, None
+    for k in range(3):
+        dk = d[:, k]
+        tk = np.where(dk != 0.0, (np.where(dk > 0, room[k], 0.0) - o[k]) / _safe(dk), np.inf)
+        if t is None:
+            t, axis = tk, np.zeros(len(tk), np.int64)
+        else:
+            closer = tk < t  # ties keep the lower axis, as argmin does
+            t, axis = np.where(closer, tk, t), np.where(closer, k, axis)
+    return t, axis
 
 
 def _attr_room(o, d, room, axis, idx):
@@ -324,14 +333,27 @@ def _cast(o: np.ndarray, d: np.ndarray, geo: dict):
     return t, normal, local, instance, face, cls
 
 
+@functools.lru_cache(maxsize=None)
+def _gamma_lut(gamma: float) -> np.ndarray:
+    """Linear intensity quantized to 4096 levels -> gamma-encoded uint8."""
+    return np.round(255.0 * np.power(np.linspace(0.0, 1.0, 4096), 1.0 / gamma)).astype(np.uint8)
+
+
 def _texture_pattern(local, instance, app) -> np.ndarray:
     """Binary solid-texture cell (0/1) per pixel from the instance's texture."""
-    freqs = app["freqs"][instance][:, None]
-    kinds = np.array(app["kinds"])[instance]
-    cells = np.floor(local * freqs)
-    checker = (cells.sum(axis=1).astype(np.int64) % 2)
-    stripes = (np.floor(_dot(local, app["dirs"][instance]) * freqs[:, 0]).astype(np.int64) % 2)
-    return np.where(kinds == "checker", checker, np.where(kinds == "stripes", stripes, 0))
+    kind = app["texture"][instance]
+    pattern = np.zeros(len(instance), dtype=np.int64)
+    for code in (1, 2):
+        idx = np.flatnonzero(kind == code)
+        if idx.size == 0:
+            continue
+        freq = app["freqs"][instance[idx]]
+        if code == 1:  # checker: parity of the 3-D cell
+            cells = np.floor(local[idx] * freq[:, None])
+            pattern[idx] = (cells[:, 0] + cells[:, 1] + cells[:, 2]).astype(np.int64) % 2
+        else:  # stripes along the instance's direction
+            pattern[idx] = np.floor(_dot(local[idx], app["dirs"][instance[idx]]) * freq).astype(np.int64) % 2
+    return pattern
 
 
 def _pair_edges(t, pos, normal, ray, instance, face, pattern, origin):
@@ -348,15 +370,19 @@ def _pair_edges(t, pos, normal, ray, instance, face, pattern, origin):
         a = (slice(None, -1), slice(None)) if axis == 0 else (slice(None), slice(None, -1))
         b = (slice(1, None), slice(None)) if axis == 0 else (slice(None), slice(1, None))
 
-        def extends(src, dst):
-            denom = _dot(normal[src], ray[dst])
-            num = _dot(normal[src], pos[src] - origin)
-            t_ext = num / _safe(denom)
-            return (np.abs(denom) > 1e-6) & (np.abs(t_ext - t[dst]) <= _CONTINUITY_TOL * t[dst])
-
         other = instance[a] != instance[b]
         any_edge = other | (face[a] != face[b]) | (pattern[a] != pattern[b])
-        occluding = other & ~(extends(a, b) | extends(b, a))
+        # the continuity test only matters where the instances differ
+        ia, ja = np.nonzero(other)
+        ib, jb = (ia + 1, ja) if axis == 0 else (ia, ja + 1)
+
+        def extends(src, dst):
+            denom = _dot(normal[src], ray[dst])
+            t_ext = _dot(normal[src], pos[src] - origin) / _safe(denom)
+            return (np.abs(denom) > 1e-6) & (np.abs(t_ext - t[dst]) <= _CONTINUITY_TOL * t[dst])
+
+        occluding = np.zeros_like(other)
+        occluding[ia, ja] = ~(extends((ia, ja), (ib, jb)) | extends((ib, jb), (ia, ja)))
         a_nearer = t[a] <= t[b]
         for marks, flag in ((edges, any_edge), (occl, occluding)):
             marks[a] |= flag & a_nearer
@@ -374,9 +400,10 @@ def render_scene(seed: int, split: str, index: int, domain: str = "a", size: int
 
     u = (np.arange(width) + 0.5 - k[0, 2]) / k[0, 0]
     v = (np.arange(height) + 0.5 - k[1, 2]) / k[1, 1]
-    d_cam = np.stack(np.broadcast_arrays(u[None, :], v[:, None], np.ones((1, 1))), axis=-1).reshape(-1, 3)
-    cam_norm = np.sqrt(_dot(d_cam, d_cam))
-    d = _rows_times(d_cam, geo["rotation"].T) / cam_norm[:, None]
+    rot = geo["rotation"]  # world direction of pixel (u, v): u * right + v * down + forward
+    d = (u[None, :, None] * rot[:, 0] + v[:, None, None] * rot[:, 1] + rot[:, 2]).reshape(-1, 3)
+    cam_norm = np.sqrt(u[None, :] * u[None, :] + v[:, None] * v[:, None] + 1.0).reshape(-1)
+    d = d / cam_norm[:, None]
     o = geo["cam"]
 
     t, normal, local, instance, face, cls = _cast(o, d, geo)
@@ -394,7 +421,7 @@ def render_scene(seed: int, split: str, index: int, domain: str = "a", size: int
     light = (dom.ambient + dom.intensity * n_dot_l / (1.0 + 0.04 * dist * dist))[:, None] * np.array(dom.light_rgb)
     noise = (app["rng"].random((d.shape[0], 3)) - 0.5) * (2.0 * dom.noise)
     linear = np.clip(albedo * light + noise, 0.0, 1.0)
-    lut = np.round(255.0 * np.power(np.linspace(0.0, 1.0, 4096), 1.0 / dom.gamma)).astype(np.uint8)
+    lut = _gamma_lut(dom.gamma)
     image = lut[np.floor(linear * 4095.0 + 0.5).astype(np.int64)]
 
     hw = (height, width)
