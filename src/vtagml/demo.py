@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import operator
 import time
 from pathlib import Path
 
@@ -46,6 +47,17 @@ def build_demo(train_samples: int = 2000, val_samples: int = 200, batch_size: in
                  checkpoint_path=weights or demo_weights_path(), backbone_kwargs=DEMO_BACKBONE["kwargs"],
                  adapt_last_k=4, embed_dim=64, decoder_channels=48)
     return MultitaskModule(net, lr=lr, weight_decay=0.01, troa=True), dm
+
+
+def _check_targets(per_task: dict[str, dict[str, float]]) -> dict:
+    """``{"task/metric": {"target": ">= 0.6", "met": bool}}`` for the targets of measured tasks."""
+    compare = {">=": operator.ge, "<=": operator.le}
+    out = {}
+    for key, (op, target) in TARGETS.items():
+        task, name = key.split("/")
+        if task in per_task:
+            out[key] = {"target": f"{op} {target:g}", "met": bool(compare[op](per_task[task][name], target))}
+    return out
 
 
 def _table(metrics: dict) -> str:
@@ -95,9 +107,7 @@ def run_demo(out: Path, epochs: int = 6, train_samples: int = 2000, batch_size: 
     trained_images = trainer.current_epoch * len(dm.datasets["train"]) if trainer.current_epoch else 0
     result = {
         "tasks": per_task,
-        "targets": {k: {"target": f"{op} {v:g}", "met": (per_task[k.split('/')[0]][k.split('/')[1]] >= v) if op == ">="
-                        else (per_task[k.split('/')[0]][k.split('/')[1]] <= v)}
-                    for k, (op, v) in TARGETS.items() if k.split("/")[0] in per_task},
+        "targets": _check_targets(per_task),
         "parameters": {"trainable": report["total"]["trainable"],
                        "total": report["total"]["trainable"] + report["total"]["frozen"],
                        "trainable_fraction": round(report["trainable_fraction"], 4),

@@ -28,6 +28,7 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from timm.data import resolve_model_data_config
 from torch import nn
 
 from vtagml.data.synthetic import SEMSEG_CLASSES, render_scene
@@ -103,8 +104,9 @@ def pretrain(out: Path, num_images: int = 6000, epochs: int = 30, batch_size: in
     print(f"rendered {num_images} pretraining images in {time.time() - start:.0f}s", flush=True)
     backbone = create_backbone(DEMO_BACKBONE["name"], size, **DEMO_BACKBONE["kwargs"])
     model = SimMIM(backbone)
-    mean = torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)
-    std = torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1)
+    cfg = resolve_model_data_config(backbone)  # the normalization the model uses too
+    mean = torch.tensor(cfg["mean"]).view(1, 3, 1, 1)
+    std = torch.tensor(cfg["std"]).view(1, 3, 1, 1)
     steps_per_epoch = num_images // batch_size
     total = epochs * steps_per_epoch
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.05)

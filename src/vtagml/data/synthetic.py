@@ -256,7 +256,7 @@ def _t_box(o, d, obj):
         else:
             axis = np.where(near > t_enter, k, axis)
             t_enter, t_exit = np.maximum(t_enter, near), np.minimum(t_exit, far)
-    rot = np.array([[c, -s, 0.0], [s, c, 0.0], [0.0, 0.0, 1.0]])
+    rot = _rot_z(obj["yaw"])
     hit = (t_enter <= t_exit) & (t_enter > _EPS)
     return np.where(hit, t_enter, np.inf), (rot, np.array(p), np.stack(dl, axis=1), axis)
 
