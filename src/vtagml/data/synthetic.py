@@ -182,46 +182,45 @@ def intrinsics_matrix(fov_x: float, height: int, width: int) -> np.ndarray:
     return np.array([[f, 0.0, width / 2.0], [0.0, f, height / 2.0], [0.0, 0.0, 1.0]])
 
 
-def _dot(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """Dot product over the last axis (size 3), in a fixed order with no BLAS or FMA."""
-    return a[..., 0] * b[..., 0] + a[..., 1] * b[..., 1] + a[..., 2] * b[..., 2]
+# Vector fields are tuples of three contiguous arrays (x, y, z): one array per component keeps
+# every per-pixel operation on contiguous memory. Helpers take components, so they work on
+# fields and on 3-vectors alike.
+
+def _dot(a, b):
+    """Dot product of two 3-vectors (fields or scalars), in a fixed order with no BLAS or FMA."""
+    return a[0] * b[0] + a[1] * b[1] + a[2] * b[2]
 
 
-def _rows_times(x: np.ndarray, m: np.ndarray) -> np.ndarray:
-    """``x @ m`` for (..., 3) rows and a 3x3 matrix, in a fixed order (bit-exact everywhere)."""
-    return x[..., 0:1] * m[0] + x[..., 1:2] * m[1] + x[..., 2:3] * m[2]
+def _times_matrix(x, m: np.ndarray) -> tuple:
+    """Components of ``x @ m`` for a vector field ``x`` and a 3x3 matrix, in a fixed order."""
+    return tuple(x[0] * m[0, j] + x[1] * m[1, j] + x[2] * m[2, j] for j in range(3))
 
 
 def _safe(d: np.ndarray) -> np.ndarray:
     return np.where(d == 0.0, 1e-12, d)
 
 
+def _take(field, idx) -> tuple:
+    return tuple(c[idx] for c in field)
+
+
 # Each primitive has ``_t_<kind>(o, d, obj) -> (t, ctx)``, the hit distance of every ray (inf on
-# a miss), and ``_attr_<kind>(o, d, obj, ctx, idx) -> (normal, local, face)`` for the rays
+# a miss), and ``_attr_<kind>(o, d, obj, t, ctx, idx) -> (normal, local, face)`` for the rays
 # ``idx`` that it wins. Attributes are computed once per pixel, for the nearest primitive only.
 
 def _t_room(o, d, room):
-    t, axis = None, None
+    """Distance to the room's six planes, the axis of the plane hit and its side (+ or -)."""
+    t = axis = positive = None
     for k in range(3):
-        dk = d[:, k]
-        tk = np.where(dk != 0.0, (np.where(dk > 0, room[k], 0.0) - o[k]) / _safe(dk), np.inf)
+        dk = d[k]
+        ahead = dk > 0
+        tk = np.where(dk != 0.0, (np.where(ahead, room[k], 0.0) - o[k]) / _safe(dk), np.inf)
         if t is None:
-            t, axis = tk, np.zeros(len(tk), np.int64)
+            t, axis, positive = tk, np.zeros(len(tk), np.int64), ahead
         else:
             closer = tk < t  # ties keep the lower axis, as argmin does
-            t, axis = np.where(closer, tk, t), np.where(closer, k, axis)
-    return t, axis
-
-
-def _attr_room(o, d, room, axis, idx):
-    axis = axis[idx]
-    rows = np.arange(len(idx))
-    positive = d[idx, axis] > 0
-    normal = np.zeros((len(idx), 3))
-    normal[rows, axis] = np.where(positive, -1.0, 1.0)
-    instance = np.where(axis == 2, positive.astype(np.int64), 2 + 2 * axis + positive)
-    cls = np.where(axis == 2, np.where(positive, _CEILING, _FLOOR), _WALL)
-    return normal, instance, cls
+            t, axis, positive = np.where(closer, tk, t), np.where(closer, k, axis), np.where(closer, ahead, positive)
+    return t, axis, positive
 
 
 def _t_sphere(o, d, obj):
@@ -233,57 +232,54 @@ def _t_sphere(o, d, obj):
 
 
 def _attr_sphere(o, d, obj, t, ctx, idx):
-    local = (o - obj["center"])[None, :] + t[:, None] * d[idx]
-    return local / obj["radius"], local, np.zeros(len(idx), np.int64)
+    oc = o - obj["center"]
+    local = tuple(oc[k] + t * d[k][idx] for k in range(3))
+    r = obj["radius"]
+    return tuple(c / r for c in local), local, np.zeros(len(idx), np.int64)
 
 
 def _t_box(o, d, obj):
-    # slab test in the box frame (a rotation about z), one contiguous array per axis
+    # slab test in the box frame (a rotation about z)
     c, s = math.cos(obj["yaw"]), math.sin(obj["yaw"])
     rel = o - obj["center"]
     p = (c * rel[0] + s * rel[1], -s * rel[0] + c * rel[1], rel[2])
-    dx, dy = d[:, 0].copy(), d[:, 1].copy()
-    dl = (c * dx + s * dy, -s * dx + c * dy, d[:, 2].copy())
-    t_enter, t_exit = None, None
-    axis = np.zeros(len(dx), np.int64)
+    dl = (c * d[0] + s * d[1], -s * d[0] + c * d[1], d[2])
+    t_enter = t_exit = axis = None
     for k in range(3):
         inv = 1.0 / _safe(dl[k])
         t1 = (-obj["half"][k] - p[k]) * inv
         t2 = (obj["half"][k] - p[k]) * inv
         near, far = np.minimum(t1, t2), np.maximum(t1, t2)
         if t_enter is None:
-            t_enter, t_exit = near, far
+            t_enter, t_exit, axis = near, far, np.zeros(len(near), np.int64)
         else:
             axis = np.where(near > t_enter, k, axis)
             t_enter, t_exit = np.maximum(t_enter, near), np.minimum(t_exit, far)
-    rot = _rot_z(obj["yaw"])
     hit = (t_enter <= t_exit) & (t_enter > _EPS)
-    return np.where(hit, t_enter, np.inf), (rot, np.array(p), np.stack(dl, axis=1), axis)
+    return np.where(hit, t_enter, np.inf), (p, dl, axis)
 
 
 def _attr_box(o, d, obj, t, ctx, idx):
-    rot, p, dl, axis = ctx
-    dl, axis = dl[idx], axis[idx]
-    rows = np.arange(len(idx))
-    positive = dl[rows, axis] > 0
-    n_local = np.zeros((len(idx), 3))
-    n_local[rows, axis] = np.where(positive, -1.0, 1.0)
-    local = p[None, :] + t[:, None] * dl
-    local[rows, axis] = 0.0
-    return _rows_times(n_local, rot.T), local, 2 * axis + positive
+    p, dl, axis = ctx
+    dl, axis = _take(dl, idx), axis[idx]
+    positive = np.choose(axis, dl) > 0
+    sign = np.where(positive, -1.0, 1.0)
+    n_local = tuple(np.where(axis == k, sign, 0.0) for k in range(3))
+    local = tuple(np.where(axis == k, 0.0, p[k] + t * dl[k]) for k in range(3))
+    return _times_matrix(n_local, _rot_z(obj["yaw"]).T), local, 2 * axis + positive
 
 
 def _t_cylinder(o, d, obj):
     p = o - obj["center"]
     r, h = obj["radius"], obj["height"]
-    a = d[:, 0] ** 2 + d[:, 1] ** 2
-    b = d[:, 0] * p[0] + d[:, 1] * p[1]
+    a = d[0] ** 2 + d[1] ** 2
+    b = d[0] * p[0] + d[1] * p[1]
     disc = b * b - a * (p[0] ** 2 + p[1] ** 2 - r * r)
     t_side = (-b - np.sqrt(np.maximum(disc, 0.0))) / _safe(a)
-    z = p[2] + t_side * d[:, 2]
+    z = p[2] + t_side * d[2]
     t_side = np.where((disc > 0) & (a > 0) & (t_side > _EPS) & (z >= 0) & (z <= h), t_side, np.inf)
-    t_top = (h - p[2]) / _safe(d[:, 2])
-    xt, yt = p[0] + t_top * d[:, 0], p[1] + t_top * d[:, 1]
+    t_top = (h - p[2]) / _safe(d[2])
+    xt, yt = p[0] + t_top * d[0], p[1] + t_top * d[1]
     t_top = np.where((t_top > _EPS) & (xt * xt + yt * yt <= r * r), t_top, np.inf)
     top = t_top < t_side
     return np.where(top, t_top, t_side), top
@@ -291,12 +287,11 @@ def _t_cylinder(o, d, obj):
 
 def _attr_cylinder(o, d, obj, t, top, idx):
     top = top[idx]
-    local = (o - obj["center"])[None, :] + t[:, None] * d[idx]
+    oc = o - obj["center"]
+    lx, ly, lz = (oc[k] + t * d[k][idx] for k in range(3))
     r = obj["radius"]
-    normal = np.where(top[:, None], np.array([0.0, 0.0, 1.0]),
-                      np.stack([local[:, 0] / r, local[:, 1] / r, np.zeros(len(idx))], axis=1))
-    local[:, 2] = np.where(top, 0.0, local[:, 2])
-    return normal, local, top.astype(np.int64)
+    normal = (np.where(top, 0.0, lx / r), np.where(top, 0.0, ly / r), np.where(top, 1.0, 0.0))
+    return normal, (lx, ly, np.where(top, 0.0, lz)), top.astype(np.int64)
 
 
 _PRIMITIVES = {
@@ -306,10 +301,10 @@ _PRIMITIVES = {
 }
 
 
-def _cast(o: np.ndarray, d: np.ndarray, geo: dict):
+def _cast(o: np.ndarray, d: tuple, geo: dict):
     """Nearest hit of every ray: distance, normal, texture coords, instance, face, class."""
-    n = d.shape[0]
-    t_room, room_axis = _t_room(o, d, geo["room"])
+    n = d[0].shape[0]
+    t_room, axis, positive = _t_room(o, d, geo["room"])
     ts, ctxs = [t_room], []
     for obj in geo["objects"]:
         t, ctx = _PRIMITIVES[obj["kind"]][0](o, d, obj)
@@ -319,18 +314,21 @@ def _cast(o: np.ndarray, d: np.ndarray, geo: dict):
     winner = np.argmin(all_t, axis=0)
     t = all_t[winner, np.arange(n)]
 
-    normal, local = np.zeros((n, 3)), np.zeros((n, 3))
-    instance, face, cls = (np.zeros(n, np.int64) for _ in range(3))
-    idx = np.flatnonzero(winner == 0)
-    normal[idx], instance[idx], cls[idx] = _attr_room(o, d, geo["room"], room_axis, idx)
-    local[idx] = o[None, :] + t[idx, None] * d[idx]
-    local[idx, room_axis[idx]] = 0.0  # texture coordinates lie in the wall's plane
+    # the room's attributes everywhere, then each object's over the rays it wins
+    sign = np.where(positive, -1.0, 1.0)
+    normal = [np.where(axis == k, sign, 0.0) for k in range(3)]
+    local = [np.where(axis == k, 0.0, o[k] + t * d[k]) for k in range(3)]  # in the wall's plane
+    instance = np.where(axis == 2, positive.astype(np.int64), 2 + 2 * axis + positive)
+    cls = np.where(axis == 2, np.where(positive, _CEILING, _FLOOR), _WALL)
+    face = np.zeros(n, np.int64)
     for k, (obj, ctx) in enumerate(zip(geo["objects"], ctxs), start=1):
         idx = np.flatnonzero(winner == k)
         if idx.size:
-            normal[idx], local[idx], face[idx] = _PRIMITIVES[obj["kind"]][1](o, d, obj, t[idx], ctx, idx)
+            n_obj, l_obj, face[idx] = _PRIMITIVES[obj["kind"]][1](o, d, obj, t[idx], ctx, idx)
+            for j in range(3):
+                normal[j][idx], local[j][idx] = n_obj[j], l_obj[j]
             instance[idx], cls[idx] = 5 + k, obj["kind"]
-    return t, normal, local, instance, face, cls
+    return t, tuple(normal), tuple(local), instance, face, cls
 
 
 @functools.lru_cache(maxsize=None)
@@ -348,24 +346,27 @@ def _texture_pattern(local, instance, app) -> np.ndarray:
         if idx.size == 0:
             continue
         freq = app["freqs"][instance[idx]]
+        loc = _take(local, idx)
         if code == 1:  # checker: parity of the 3-D cell
-            cells = np.floor(local[idx] * freq[:, None])
-            pattern[idx] = (cells[:, 0] + cells[:, 1] + cells[:, 2]).astype(np.int64) % 2
+            cells = [np.floor(c * freq) for c in loc]
+            pattern[idx] = (cells[0] + cells[1] + cells[2]).astype(np.int64) % 2
         else:  # stripes along the instance's direction
-            pattern[idx] = np.floor(_dot(local[idx], app["dirs"][instance[idx]]) * freq).astype(np.int64) % 2
+            dirs = app["dirs"][instance[idx]]
+            pattern[idx] = np.floor(_dot(loc, dirs.T) * freq).astype(np.int64) % 2
     return pattern
 
 
-def _pair_edges(t, pos, normal, ray, instance, face, pattern, origin):
+def _pair_edges(hw, t, pos, normal, ray, instance, face, pattern, origin):
     """Edge and occlusion marks for 4-neighbour pairs; the nearer pixel of a pair is marked.
 
-    Arrays are (H, W, ...). A pair of different instances is continuous (a crease, not an
-    occlusion) when one surface's tangent plane, extended along the other pixel's ray, lands
-    within a relative ``_CONTINUITY_TOL`` of that pixel's depth.
+    Per-pixel arrays are flat (H * W,). A pair of different instances is continuous (a crease,
+    not an occlusion) when one surface's tangent plane, extended along the other pixel's ray,
+    lands within a relative ``_CONTINUITY_TOL`` of that pixel's depth.
     """
-    h, w = t.shape
-    edges = np.zeros((h, w), dtype=bool)
-    occl = np.zeros((h, w), dtype=bool)
+    h, w = hw
+    t2, instance, face, pattern = (x.reshape(hw) for x in (t, instance, face, pattern))
+    edges = np.zeros(hw, dtype=bool)
+    occl = np.zeros(hw, dtype=bool)
     for axis in (0, 1):
         a = (slice(None, -1), slice(None)) if axis == 0 else (slice(None), slice(None, -1))
         b = (slice(1, None), slice(None)) if axis == 0 else (slice(None), slice(1, None))
@@ -374,16 +375,18 @@ def _pair_edges(t, pos, normal, ray, instance, face, pattern, origin):
         any_edge = other | (face[a] != face[b]) | (pattern[a] != pattern[b])
         # the continuity test only matters where the instances differ
         ia, ja = np.nonzero(other)
-        ib, jb = (ia + 1, ja) if axis == 0 else (ia, ja + 1)
+        src = ia * w + ja
+        dst = src + (w if axis == 0 else 1)
 
-        def extends(src, dst):
-            denom = _dot(normal[src], ray[dst])
-            t_ext = _dot(normal[src], pos[src] - origin) / _safe(denom)
-            return (np.abs(denom) > 1e-6) & (np.abs(t_ext - t[dst]) <= _CONTINUITY_TOL * t[dst])
+        def extends(i, j):
+            n_i = _take(normal, i)
+            denom = _dot(n_i, _take(ray, j))
+            t_ext = _dot(n_i, tuple(pos[k][i] - origin[k] for k in range(3))) / _safe(denom)
+            return (np.abs(denom) > 1e-6) & (np.abs(t_ext - t[j]) <= _CONTINUITY_TOL * t[j])
 
         occluding = np.zeros_like(other)
-        occluding[ia, ja] = ~(extends((ia, ja), (ib, jb)) | extends((ib, jb), (ia, ja)))
-        a_nearer = t[a] <= t[b]
+        occluding[ia, ja] = ~(extends(src, dst) | extends(dst, src))
+        a_nearer = t2[a] <= t2[b]
         for marks, flag in ((edges, any_edge), (occl, occluding)):
             marks[a] |= flag & a_nearer
             marks[b] |= flag & ~a_nearer
@@ -393,6 +396,7 @@ def _pair_edges(t, pos, normal, ray, instance, face, pattern, origin):
 def render_scene(seed: int, split: str, index: int, domain: str = "a", size: int | Sequence[int] = 64) -> dict:
     """Render one sample; returns NumPy arrays in the layouts of the module docstring."""
     height, width = _to_hw(size)
+    hw = (height, width)
     geo = sample_geometry(seed, split, domain, index)
     num_instances = 6 + len(geo["objects"])
     app = sample_appearance(seed, split, domain, index, num_instances)
@@ -401,17 +405,17 @@ def render_scene(seed: int, split: str, index: int, domain: str = "a", size: int
     u = (np.arange(width) + 0.5 - k[0, 2]) / k[0, 0]
     v = (np.arange(height) + 0.5 - k[1, 2]) / k[1, 1]
     rot = geo["rotation"]  # world direction of pixel (u, v): u * right + v * down + forward
-    d = (u[None, :, None] * rot[:, 0] + v[:, None, None] * rot[:, 1] + rot[:, 2]).reshape(-1, 3)
     cam_norm = np.sqrt(u[None, :] * u[None, :] + v[:, None] * v[:, None] + 1.0).reshape(-1)
-    d = d / cam_norm[:, None]
+    d = tuple((u[None, :] * rot[j, 0] + v[:, None] * rot[j, 1] + rot[j, 2]).reshape(-1) / cam_norm for j in range(3))
     o = geo["cam"]
 
     t, normal, local, instance, face, cls = _cast(o, d, geo)
-    normal = normal * np.where(_dot(normal, d) > 0, -1.0, 1.0)[:, None]
-    pos = o[None, :] + t[:, None] * d
+    facing = np.where(_dot(normal, d) > 0, -1.0, 1.0)
+    normal = tuple(c * facing for c in normal)
+    pos = tuple(o[j] + t * d[j] for j in range(3))
     pattern = _texture_pattern(local, instance, app)
 
-    to_light = geo["light"][None, :] - pos
+    to_light = tuple(geo["light"][j] - pos[j] for j in range(3))
     dist = np.sqrt(_dot(to_light, to_light))
     n_dot_l = np.maximum(_dot(normal, to_light) / dist, 0.0)
     reshading = 0.2 + 0.8 * n_dot_l
@@ -419,22 +423,19 @@ def render_scene(seed: int, split: str, index: int, domain: str = "a", size: int
     dom = app["domain"]
     albedo = app["colours"][instance, pattern]
     light = (dom.ambient + dom.intensity * n_dot_l / (1.0 + 0.04 * dist * dist))[:, None] * np.array(dom.light_rgb)
-    noise = (app["rng"].random((d.shape[0], 3)) - 0.5) * (2.0 * dom.noise)
+    noise = (app["rng"].random((len(t), 3)) - 0.5) * (2.0 * dom.noise)
     linear = np.clip(albedo * light + noise, 0.0, 1.0)
     lut = _gamma_lut(dom.gamma)
     image = lut[np.floor(linear * 4095.0 + 0.5).astype(np.int64)]
 
-    hw = (height, width)
-    edges, occl = _pair_edges(
-        t.reshape(hw), pos.reshape(*hw, 3), normal.reshape(*hw, 3), d.reshape(*hw, 3),
-        instance.reshape(hw), face.reshape(hw), pattern.reshape(hw), o,
-    )
+    edges, occl = _pair_edges(hw, t, pos, normal, d, instance, face, pattern, o)
+    normals_cam = _times_matrix(normal, rot)
     return {
         "image": image.reshape(*hw, 3),
         "semseg": cls.reshape(hw).astype(np.uint8),
         "depth": t.reshape(hw).astype(np.float32),
         "depth_zbuffer": (t / cam_norm).reshape(hw).astype(np.float32),
-        "normals": _rows_times(normal, geo["rotation"]).reshape(*hw, 3).astype(np.float32),
+        "normals": np.stack([c.reshape(hw) for c in normals_cam], axis=-1).astype(np.float32),
         "edges": edges.astype(np.uint8),
         "edges_occlusion": occl.astype(np.uint8),
         "reshading": reshading.reshape(hw).astype(np.float32),
