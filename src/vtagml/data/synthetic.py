@@ -104,6 +104,11 @@ def _rng(seed: int, split: str, domain: str, index: int, stream: int) -> np.rand
     return np.random.Generator(np.random.PCG64(np.random.SeedSequence(key)))
 
 
+def _cross(a, b) -> tuple[float, float, float]:
+    """Cross product of two 3-vectors in NumPy's order of operations."""
+    return (a[1] * b[2] - a[2] * b[1], a[2] * b[0] - a[0] * b[2], a[0] * b[1] - a[1] * b[0])
+
+
 def _rot_z(theta: float) -> np.ndarray:
     c, s = math.cos(theta), math.sin(theta)
     return np.array([[c, -s, 0.0], [s, c, 0.0], [0.0, 0.0, 1.0]])
@@ -119,12 +124,13 @@ def sample_geometry(seed: int, split: str, domain: str, index: int) -> dict:
     roll = math.radians(g.uniform(-4.0, 4.0))
     fov_x = math.radians(g.uniform(58.0, 72.0))
 
-    forward = np.array([math.cos(pitch) * math.cos(yaw), math.cos(pitch) * math.sin(yaw), math.sin(pitch)])
-    right = np.array([math.sin(yaw), -math.cos(yaw), 0.0])
-    down = np.cross(forward, right)
+    forward = (math.cos(pitch) * math.cos(yaw), math.cos(pitch) * math.sin(yaw), math.sin(pitch))
+    right = (math.sin(yaw), -math.cos(yaw), 0.0)
+    down = _cross(forward, right)
     cr, sr = math.cos(roll), math.sin(roll)
-    right, down = cr * right + sr * down, -sr * right + cr * down
-    rotation = np.stack([right, down, forward], axis=1)  # columns: camera axes in world
+    rolled_right = [cr * r + sr * w for r, w in zip(right, down)]
+    rolled_down = [-sr * r + cr * w for r, w in zip(right, down)]
+    rotation = np.column_stack([rolled_right, rolled_down, forward])  # columns: camera axes in world
 
     objects = []
     for _ in range(int(g.integers(3, 9))):
@@ -132,10 +138,10 @@ def sample_geometry(seed: int, split: str, domain: str, index: int) -> dict:
         if g.random() < 0.8:  # mostly in front of the camera so that objects are seen
             ang = yaw + g.uniform(-0.5, 0.5) * fov_x
             dist = g.uniform(1.2, 5.0)
-            xy = cam[:2] + dist * np.array([math.cos(ang), math.sin(ang)])
+            xy = (cam[0] + dist * math.cos(ang), cam[1] + dist * math.sin(ang))
         else:
-            xy = np.array([g.uniform(0.3, room[0] - 0.3), g.uniform(0.3, room[1] - 0.3)])
-        xy = np.clip(xy, 0.4, room[:2] - 0.4)
+            xy = (g.uniform(0.3, room[0] - 0.3), g.uniform(0.3, room[1] - 0.3))
+        xy = [min(max(xy[k], 0.4), room[k] - 0.4) for k in range(2)]
         if kind == 0:
             half = np.array([g.uniform(0.15, 0.6), g.uniform(0.15, 0.6), g.uniform(0.15, 0.7)])
             obj = dict(kind=_BOX, center=np.array([xy[0], xy[1], half[2]]), half=half,
@@ -148,8 +154,9 @@ def sample_geometry(seed: int, split: str, domain: str, index: int) -> dict:
             obj = dict(kind=_CYLINDER, center=np.array([xy[0], xy[1], 0.0]), radius=g.uniform(0.1, 0.4),
                        height=g.uniform(0.3, 1.6))
         # keep the camera outside every object
-        reach = float(np.max(obj.get("half", [obj.get("radius", 0.0)]))) * 1.5 + 0.3
-        if np.hypot(*(obj["center"][:2] - cam[:2])) > reach:
+        reach = float(max(obj["half"]) if kind == 0 else obj["radius"]) * 1.5 + 0.3
+        dx, dy = xy[0] - cam[0], xy[1] - cam[1]
+        if math.sqrt(dx * dx + dy * dy) > reach:
             objects.append(obj)
     light = np.array([g.uniform(0.5, room[0] - 0.5), g.uniform(0.5, room[1] - 0.5), room[2] - 0.1])
     return dict(room=room, cam=cam, rotation=rotation, fov_x=fov_x, objects=objects, light=light)
@@ -304,15 +311,14 @@ _PRIMITIVES = {
 def _cast(o: np.ndarray, d: tuple, geo: dict):
     """Nearest hit of every ray: distance, normal, texture coords, instance, face, class."""
     n = d[0].shape[0]
-    t_room, axis, positive = _t_room(o, d, geo["room"])
-    ts, ctxs = [t_room], []
-    for obj in geo["objects"]:
-        t, ctx = _PRIMITIVES[obj["kind"]][0](o, d, obj)
-        ts.append(t)
+    t, axis, positive = _t_room(o, d, geo["room"])
+    winner = np.zeros(n, np.int64)  # 0: the room, k: object k (ties keep the earlier one)
+    ctxs = []
+    for k, obj in enumerate(geo["objects"], start=1):
+        t_obj, ctx = _PRIMITIVES[obj["kind"]][0](o, d, obj)
+        np.putmask(winner, t_obj < t, k)
+        t = np.minimum(t, t_obj)
         ctxs.append(ctx)
-    all_t = np.stack(ts)
-    winner = np.argmin(all_t, axis=0)
-    t = all_t[winner, np.arange(n)]
 
     # the room's attributes everywhere, then each object's over the rays it wins
     sign = np.where(positive, -1.0, 1.0)
