@@ -204,7 +204,9 @@ def _times_matrix(x, m: np.ndarray) -> tuple:
 
 
 def _safe(d: np.ndarray) -> np.ndarray:
-    return np.where(d == 0.0, 1e-12, d)
+    """``d`` with exact zeros replaced by a tiny divisor (a copy is made only when needed)."""
+    zero = d == 0.0
+    return np.where(zero, 1e-12, d) if zero.any() else d
 
 
 def _take(field, idx) -> tuple:
@@ -427,7 +429,7 @@ def render_scene(seed: int, split: str, index: int, domain: str = "a", size: int
     reshading = 0.2 + 0.8 * n_dot_l
 
     dom = app["domain"]
-    albedo = app["colours"][instance, pattern]
+    albedo = app["colours"].reshape(-1, 3)[2 * instance + pattern]
     light = (dom.ambient + dom.intensity * n_dot_l / (1.0 + 0.04 * dist * dist))[:, None] * np.array(dom.light_rgb)
     noise = (app["rng"].random((len(t), 3)) - 0.5) * (2.0 * dom.noise)
     linear = np.clip(albedo * light + noise, 0.0, 1.0)
