@@ -186,6 +186,15 @@ def test_edge_loss_is_class_balanced():
     assert task.loss(logits, target).item() == pytest.approx(expected, rel=1e-6)
 
 
+def test_depth_log_l1_is_relative_error_over_valid_pixels():
+    task = build_task("depth", loss="log_l1")
+    pred = torch.tensor([[[[2.0, 1.0, 5.0]]]])
+    target = torch.tensor([[[[1.0, 4.0, 0.0]]]])  # the last pixel is invalid
+    expected = (np.log(2.0) + np.log(4.0)) / 2
+    assert task.loss(pred, target).item() == pytest.approx(expected, rel=1e-6)
+    assert task.loss(pred * 3, target * 3).item() == pytest.approx(expected, rel=1e-6)  # scale-free
+
+
 # ----------------------------------------------------------------- registry and collate
 
 

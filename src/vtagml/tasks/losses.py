@@ -41,6 +41,13 @@ def l1(pred: Tensor, target: Tensor, valid: Tensor) -> Tensor:
     return _mean_over((pred[mask].float() - target[mask].float()).abs(), mask.sum(), pred)
 
 
+def log_l1(pred: Tensor, target: Tensor, valid: Tensor) -> Tensor:
+    """Mean ``|log pred - log target|`` over valid pixels: relative error, as the delta metrics count it."""
+    mask = valid.expand_as(pred)
+    err = pred[mask].float().clamp_min(1e-6).log() - target[mask].float().clamp_min(1e-6).log()
+    return _mean_over(err.abs(), mask.sum(), pred)
+
+
 def berhu(pred: Tensor, target: Tensor, valid: Tensor, ratio: float = 0.2) -> Tensor:
     """Reverse Huber loss: L1 below ``c = ratio * max|error|``, (e² + c²) / 2c above."""
     mask = valid.expand_as(pred)
