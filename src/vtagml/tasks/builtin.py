@@ -56,7 +56,6 @@ class SemanticSegmentation(Task):
     def to_label(self, pred: Tensor) -> Tensor:
         return pred.argmax(dim=1)
 
-
     def build_metrics(self) -> nn.ModuleDict:
         kw = dict(num_classes=self.num_classes, ignore_index=self.ignore_index, validate_args=False)
         return nn.ModuleDict({"miou": MulticlassJaccardIndex(average="macro", **kw),
@@ -103,7 +102,6 @@ class Depth(Task):
     def valid_mask(self, target: Tensor) -> Tensor:
         return target > 0
 
-
     def build_metrics(self) -> nn.ModuleDict:
         return nn.ModuleDict({"rmse": DepthRMSE(), "absrel": DepthAbsRel(), "delta1": DepthDelta(1.25)})
 
@@ -132,7 +130,6 @@ class SurfaceNormals(Task):
 
     def valid_mask(self, target: Tensor) -> Tensor:
         return (target.abs().sum(dim=1, keepdim=True) > 1e-6)
-
 
     def build_metrics(self) -> nn.ModuleDict:
         return nn.ModuleDict({"mean_angle": NormalsMeanAngle(), "median_angle": NormalsMedianAngle(),
@@ -166,7 +163,6 @@ class Edges(Task):
     def to_label(self, pred: Tensor) -> Tensor:
         return torch.sigmoid(pred)
 
-
     def build_metrics(self) -> nn.ModuleDict:
         return nn.ModuleDict({"odsf": EdgeODSF(tolerance=self.tolerance, min_pixels=self.min_pixels),
                               "loss": MaskedMean()})
@@ -189,7 +185,6 @@ class Intensity(Task):
 
     def postprocess(self, raw: Tensor) -> Tensor:
         return torch.sigmoid(raw)
-
 
     def build_metrics(self) -> nn.ModuleDict:
         return nn.ModuleDict({"mae": MaskedMean()})
