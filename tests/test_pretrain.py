@@ -4,6 +4,7 @@ import numpy as np
 import torch
 
 from vtagml.data import render_scene
+from vtagml.data.synthetic import FIRST_OBJECT_INSTANCE
 from vtagml.pretrain import OBJECT_CLASSES, _augment, _batch_boxes, _render_pool
 
 
@@ -14,7 +15,7 @@ def test_object_boxes_are_tight_and_labelled_with_the_object_kind():
         s = render_scene(0, "pretrain", i, "c", 64)
         assert torch.equal(images[i], torch.from_numpy(s["image"]).permute(2, 0, 1))
         expected = set()
-        for inst in np.unique(s["instance"][s["instance"] >= 6]):  # instance ids 6+ are objects
+        for inst in np.unique(s["instance"][s["instance"] >= FIRST_OBJECT_INSTANCE]):
             rows, cols = np.nonzero(s["instance"] == inst)
             if rows.size >= 12:
                 (cls,) = set(s["semseg"][rows, cols].tolist())

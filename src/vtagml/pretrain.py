@@ -35,7 +35,7 @@ from timm.data import resolve_model_data_config
 from torch import nn
 from torchvision.ops import roi_align
 
-from vtagml.data.synthetic import SEMSEG_CLASSES, render_scene
+from vtagml.data.synthetic import FIRST_OBJECT_INSTANCE, SEMSEG_CLASSES, render_scene
 from vtagml.models.backbone import create_backbone
 
 #: The demo backbone: a small timm Swin (1.7 M parameters; 3.5 MB in float16).
@@ -45,7 +45,6 @@ DEMO_BACKBONE = dict(
     kwargs=dict(embed_dim=24, depths=(2, 2, 6, 2), num_heads=(1, 2, 4, 8), window_size=4),
 )
 OBJECT_CLASSES = [SEMSEG_CLASSES.index(c) for c in ("box", "sphere", "cylinder")]
-_FIRST_OBJECT_INSTANCE = 6  # renderer instance ids: 0-5 room surfaces, 6+ objects
 
 
 def demo_weights_path() -> Path:
@@ -66,7 +65,7 @@ def _render_pool(num: int, size: int, seed: int,
         s = render_scene(seed, "pretrain", i, "c", size)
         images[i] = torch.from_numpy(s["image"]).permute(2, 0, 1)
         instance = s["instance"]
-        for inst in np.unique(instance[instance >= _FIRST_OBJECT_INSTANCE]):
+        for inst in np.unique(instance[instance >= FIRST_OBJECT_INSTANCE]):
             rows, cols = np.nonzero(instance == inst)
             if rows.size < min_pixels:
                 continue

@@ -49,6 +49,8 @@ SYNTHETIC_TASKS: tuple[str, ...] = (
 )
 SPLITS: dict[str, int] = {"train": 0, "val": 1, "test": 2, "pretrain": 3}
 IGNORE_INDEX = 255
+#: Instance ids: 0-5 the room's floor, ceiling and four walls; objects from this id on.
+FIRST_OBJECT_INSTANCE = 6
 #: Bump when rendering changes, so disk caches of older samples are not reused.
 RENDERER_VERSION = 1
 
@@ -335,7 +337,7 @@ def _cast(o: np.ndarray, d: tuple, geo: dict):
             n_obj, l_obj, face[idx] = _PRIMITIVES[obj["kind"]][1](o, d, obj, t[idx], ctx, idx)
             for j in range(3):
                 normal[j][idx], local[j][idx] = n_obj[j], l_obj[j]
-            instance[idx], cls[idx] = 5 + k, obj["kind"]
+            instance[idx], cls[idx] = FIRST_OBJECT_INSTANCE + k - 1, obj["kind"]
     return t, tuple(normal), tuple(local), instance, face, cls
 
 
