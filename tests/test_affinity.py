@@ -1,4 +1,7 @@
-"""TROA: first-order vs exact lookahead, identical and opposed tasks, asymmetry, conditioning."""
+"""TROA: scale-free affinities (cosine / normalized lookahead), invariances, exact vs first order,
+identical and opposed tasks, asymmetry, absent tasks, non-finite steps, conditioning."""
+
+import math
 
 import pytest
 import torch
@@ -7,18 +10,22 @@ from tests.conftest import TINY_SWIN
 from tests.test_model import randomize_adapters
 from vtagml import VTAGML
 from vtagml.affinity import (
+    TaskAffinity,
     conditioning_weights,
-    exact_affinity,
-    first_order_affinity,
+    cosine_affinity,
+    lookahead_affinity,
+    lookahead_gains,
     update_affinity_ema,
 )
 from vtagml.data import SyntheticScenes, collate_multitask
-from vtagml.engine.module import branch_inputs, task_losses
-from vtagml.tasks import SurfaceNormals
+from vtagml.engine.module import branch_inputs, label_counts, sub_batch, task_losses
+from vtagml.tasks import SurfaceNormals, build_tasks
 
 
-def build(checkpoint, tasks, num_classes=6):
+def build(checkpoint, tasks, num_classes=6, weights=None):
     torch.manual_seed(0)
+    if weights:
+        tasks = build_tasks(tasks, num_classes=num_classes, weights=weights)
     net = VTAGML(TINY_SWIN["name"], tasks=tasks, num_classes=num_classes, img_size=64, checkpoint_path=checkpoint,
                  backbone_kwargs=TINY_SWIN["kwargs"], adapt_last_k=2, embed_dim=8, decoder_channels=16).eval()
     randomize_adapters(net)
@@ -30,70 +37,110 @@ def batch_for(tasks, n=4):
     return collate_multitask([ds[i] for i in range(n)])
 
 
-def measure(net, batch, lr):
-    """Per-task gradients at z from one backward, first-order and exact affinities."""
-    idx = list(range(len(net.tasks)))
+def gradients(net, batch):
+    """The training step's per-task embedding gradients (T, B, ...) from one backward."""
+    tasks = net.tasks
     enc = net.encode(batch["image"])
-    z_all = branch_inputs(enc.z, len(idx))
-    _, losses = task_losses(net, enc, batch, idx, z_all)
+    z_all = branch_inputs(enc.z, len(tasks))
+    losses = task_losses(tasks, net.forward_branches(enc, range(len(tasks)), z_all), batch)
     torch.stack(list(losses.values())).sum().backward()
-    grads = z_all.grad.view(len(idx), *enc.z.shape)
-    loss_vec = torch.stack([losses[n] for n in net.task_names]).detach()
+    return enc, z_all.grad.view(len(tasks), *enc.z.shape)
+
+
+def first_order(net, batch):
+    """A after one first-order update of a fresh TROA state (momentum irrelevant: first measurement)."""
+    _, grads = gradients(net, batch)
+    troa = TaskAffinity(len(net.tasks))
+    assert troa.update(grads, label_counts(net.tasks, batch) > 0)
+    return troa.affinity
+
+
+def exact(net, batch, samples, step_size):
+    """A after one exact lookahead update on the first ``samples`` samples, and the gradients used."""
+    tasks = net.tasks
+    enc, grads = gradients(net, batch)
+    sub, targets = sub_batch(enc, batch, samples)
 
     def losses_at(z):
-        _, ls = task_losses(net, enc, batch, idx, z.repeat(len(idx), 1, 1, 1))
-        return torch.stack([ls[n] for n in net.task_names])
+        preds = net.forward_branches(sub, range(len(tasks)), z.repeat(len(tasks), 1, 1, 1))
+        return torch.stack(list(task_losses(tasks, preds, targets).values()))
 
-    return first_order_affinity(grads, loss_vec, lr), exact_affinity(losses_at, enc.z, grads, lr), grads
-
-
-def test_first_order_agrees_with_exact_for_small_steps(tiny_checkpoint):
-    net = build(tiny_checkpoint, ("semseg", "depth", "normals"))
-    batch = batch_for(["semseg", "depth", "normals"])
-    errors = []
-    for lr in (1.0, 0.1, 0.01):
-        fo, ex, _ = measure(net, batch, lr)
-        errors.append(((fo - ex).abs().max() / fo.abs().max()).item())
-    assert errors[-1] < 0.02, errors
-    assert errors[0] > errors[1] > errors[2]  # the gap is the Taylor remainder, shrinking with the step
+    troa = TaskAffinity(len(tasks), step_size=step_size, exact_samples=samples)
+    assert troa.update_exact(losses_at, enc.z, grads, label_counts(tasks, targets) > 0)
+    return troa.affinity, grads
 
 
-def test_identical_tasks_have_high_mutual_affinity(tiny_checkpoint):
-    twin = SurfaceNormals(name="normals_twin")
-    net = build(tiny_checkpoint, ("normals", twin, "depth"))
-    with torch.no_grad():
-        net.embeddings.weight[1].copy_(net.embeddings.weight[0])
-        net.decoders["normals_twin"].load_state_dict(net.decoders["normals"].state_dict())
-        net.heads["normals_twin"].load_state_dict(net.heads["normals"].state_dict())
-    batch = batch_for(["normals", "depth"])
-    batch["normals_twin"] = batch["normals"].clone()
-    fo, ex, grads = measure(net, batch, lr=0.01)
-    assert torch.allclose(grads[0], grads[1])
-    assert fo[0, 1] > 0 and fo[0, 1] == pytest.approx(fo[0, 0].item(), rel=1e-5)
-    cos = fo[0, 1] / (fo[0, 0] * fo[1, 1]).sqrt()
-    assert cos.item() == pytest.approx(1.0, abs=1e-5)
-    assert ex[0, 1] > 0 and ex[1, 0] > 0
-    assert fo[0, 1] > fo[0, 2].abs() and fo[1, 0] > fo[2, 0].abs()
+# --------------------------------------------------------------------------- pure maths
 
 
-def test_negated_targets_give_negative_affinity(tiny_checkpoint):
-    flipped = SurfaceNormals(name="normals_flipped")
-    net = build(tiny_checkpoint, ("normals", flipped))
-    with torch.no_grad():
-        net.embeddings.weight[1].copy_(net.embeddings.weight[0])
-        net.decoders["normals_flipped"].load_state_dict(net.decoders["normals"].state_dict())
-        net.heads["normals_flipped"].load_state_dict(net.heads["normals"].state_dict())
-    batch = batch_for(["normals"])
-    batch["normals_flipped"] = -batch["normals"]
-    fo, ex, _ = measure(net, batch, lr=0.01)
-    assert fo[0, 1] < 0 and fo[1, 0] < 0
-    assert ex[0, 1] < 0 and ex[1, 0] < 0
+def test_equal_directions_with_norms_100_to_1_have_affinity_one():
+    g = torch.randn(2, 50, dtype=torch.float64)
+    grads = torch.stack([g[0] * 100, g[0], g[1]])
+    gram = grads @ grads.T
+    a = cosine_affinity(gram)
+    assert a[0, 1].item() == pytest.approx(1.0, abs=1e-12) and a[1, 0].item() == pytest.approx(1.0, abs=1e-12)
+    torch.testing.assert_close(a.diagonal(), torch.ones(3, dtype=torch.float64))
+    # the third task relates to both alike, whatever their scales
+    assert a[0, 2].item() == pytest.approx(a[1, 2].item(), abs=1e-12)
 
 
-def test_affinity_is_asymmetric(tiny_checkpoint):
-    net = build(tiny_checkpoint, ("semseg", "depth", "edges"))
-    fo, _, _ = measure(net, batch_for(["semseg", "depth", "edges"]), lr=0.01)
-    assert not torch.allclose(fo, fo.T, rtol=0.05)
+def test_exact_lookahead_is_asymmetric_on_a_constructed_case():
+    """z in R^2 at 0; L1 = (x-1)^2 + 1 and L2 = (x-1)^2 + (y-1)^2: both gradients have norm-free
+    directions (-1, 0) and (-1, -1)/sqrt(2), so a step of length 0.5 gives closed-form losses."""
+    def losses(z):
+        x, y = z[0], z[1]
+        return torch.stack([(x - 1) ** 2 + 1, (x - 1) ** 2 + (y - 1) ** 2])
+
+    z = torch.zeros(2, dtype=torch.float64)
+    grads = torch.tensor([[-2.0, 0.0], [-2.0, -2.0]], dtype=torch.float64)
+    gains = lookahead_gains(losses, z, grads, step=0.5)
+    s = 0.5 / math.sqrt(2)
+    expected = torch.tensor([[1 - 1.25 / 2, 1 - 1.25 / 2],
+                             [1 - ((s - 1) ** 2 + 1) / 2, 1 - 2 * (s - 1) ** 2 / 2]], dtype=torch.float64)
+    torch.testing.assert_close(gains, expected)
+    a = lookahead_affinity(gains)
+    torch.testing.assert_close(a.diagonal(), torch.ones(2, dtype=torch.float64))
+    assert a[0, 1].item() == pytest.approx(expected[0, 1] / expected[1, 1])
+    assert a[1, 0].item() == pytest.approx(expected[1, 0] / expected[0, 0])
+    assert abs(a[0, 1] - a[1, 0]) > 0.1  # 0.644 vs 0.776; the cosine would say 0.707 both ways
+
+
+def test_unlabelled_task_leaves_its_row_and_column_untouched():
+    troa = TaskAffinity(3, momentum=0.5)
+    grads = torch.randn(3, 2, 5, 5, 4)
+    assert troa.update(grads, torch.tensor([True, True, True]))
+    before = troa.affinity.clone()
+    counts = troa.counts.clone()
+    grads[2] = 0  # an unlabelled task's masked loss is exactly zero: so is its gradient
+    assert troa.update(torch.randn(3, 2, 5, 5, 4) * torch.tensor([1.0, 1.0, 0.0]).view(3, 1, 1, 1, 1),
+                       torch.tensor([True, True, False]))
+    torch.testing.assert_close(troa.affinity[2], before[2], rtol=0, atol=0)
+    torch.testing.assert_close(troa.affinity[:, 2], before[:, 2], rtol=0, atol=0)
+    assert not torch.equal(troa.affinity[:2, :2], before[:2, :2])
+    assert troa.counts[2].tolist() == counts[2].tolist() and troa.counts[0, 1] == counts[0, 1] + 1
+
+
+@pytest.mark.parametrize("bad", [float("inf"), float("nan")])
+def test_non_finite_step_is_skipped(bad):
+    troa = TaskAffinity(2)
+    troa.update(torch.randn(2, 3, 4), torch.tensor([True, True]))
+    before, counts = troa.affinity.clone(), troa.counts.clone()
+    grads = torch.randn(2, 3, 4)
+    grads[1, 0, 0] = bad  # what one GradScaler overflow step leaves in the embedding gradients
+    assert not troa.update(grads, torch.tensor([True, True]), grad_scale=65536.0)
+    assert torch.equal(troa.affinity, before) and torch.equal(troa.counts, counts)
+    assert torch.isfinite(troa.conditioning_weights()).all()
+    assert not troa.update_exact(lambda z: torch.stack([z.sum().abs(), z.pow(2).sum()]) + 1, torch.ones(3, 4),
+                                 grads, torch.tensor([True, True]))
+    assert torch.equal(troa.affinity, before)
+
+
+def test_grad_scale_does_not_change_affinity():
+    grads = torch.randn(3, 2, 6)
+    a, b = TaskAffinity(3), TaskAffinity(3)
+    a.update(grads, torch.ones(3, dtype=torch.bool))
+    b.update(grads * 1024.0, torch.ones(3, dtype=torch.bool), grad_scale=1024.0)
+    torch.testing.assert_close(a.affinity, b.affinity)
 
 
 def test_conditioning_weights_and_ema():
@@ -112,3 +159,106 @@ def test_conditioning_weights_and_ema():
     update_affinity_ema(ema, counts, torch.ones(2, 2), 0.9)
     torch.testing.assert_close(ema, torch.tensor([[0.55, 1.0], [0.28, 0.46]]))
     assert counts.tolist() == [[2.0, 1.0], [2.0, 2.0]]
+
+
+def test_options_are_validated():
+    with pytest.raises(ValueError, match="momentum"):
+        TaskAffinity(2, momentum=1.0)
+    with pytest.raises(ValueError, match="step_size"):
+        TaskAffinity(2, step_size=0.0)
+    with pytest.raises(ValueError, match="exact_samples"):
+        TaskAffinity(2, exact_samples=0)
+
+
+# --------------------------------------------------------------------------- on the model
+
+
+TASKS3 = ("semseg", "depth", "normals")
+
+
+def test_alpha_is_unchanged_by_a_loss_weight_times_100(tiny_checkpoint):
+    batch = batch_for(TASKS3)
+    plain = first_order(build(tiny_checkpoint, TASKS3), batch)
+    heavy = first_order(build(tiny_checkpoint, TASKS3, weights={"depth": 100.0}), batch)
+    torch.testing.assert_close(heavy, plain, atol=1e-5, rtol=0)
+    torch.testing.assert_close(conditioning_weights(heavy), conditioning_weights(plain), atol=1e-5, rtol=0)
+    assert not torch.allclose(plain, torch.eye(3), atol=1e-3)
+
+
+def test_alpha_is_unchanged_by_the_batch_size(tiny_checkpoint):
+    """The same 4 scenes as a batch of 4 and, each twice, as a batch of 8 (per-sample gradients
+    halve, the gram quarters per pair and doubles in count: the raw lookahead halves)."""
+    net = build(tiny_checkpoint, TASKS3)
+    small = batch_for(TASKS3, 4)
+    double = collate_multitask([{k: v[i] for k, v in small.items() if k != "present"} for i in [0, 1, 2, 3] * 2])
+    torch.testing.assert_close(first_order(net, double), first_order(net, small), atol=1e-5, rtol=0)
+
+
+def test_first_order_matches_exact_for_a_small_step(tiny_checkpoint):
+    """B = 8, exact sub-batch of 2: the exact A equals the sub-batch's gradient cosines up to the
+    Taylor remainder, which shrinks with the step (no B/n factor)."""
+    net = build(tiny_checkpoint, TASKS3)
+    batch = batch_for(TASKS3, 8)
+    errors = []
+    for step in (1e-2, 1e-3, 1e-4):
+        a_exact, grads = exact(net, batch, 2, step)
+        flat = grads[:, :2].reshape(3, -1).double()
+        cos = cosine_affinity(flat @ flat.T).float()
+        errors.append((a_exact - cos).abs().max().item())
+        net.zero_grad()
+    assert errors[-1] < 0.005, errors
+    assert errors[0] > errors[1] > errors[2]
+    torch.testing.assert_close(a_exact.diagonal(), torch.ones(3))
+
+
+def _twin(net, src, dst):
+    i, j = net.task_names.index(src), net.task_names.index(dst)
+    with torch.no_grad():
+        net.embeddings.weight[j].copy_(net.embeddings.weight[i])
+        net.decoders[dst].load_state_dict(net.decoders[src].state_dict())
+        net.heads[dst].load_state_dict(net.heads[src].state_dict())
+
+
+def test_identical_tasks_have_affinity_one(tiny_checkpoint):
+    net = build(tiny_checkpoint, ("normals", SurfaceNormals(name="normals_twin"), "depth"))
+    _twin(net, "normals", "normals_twin")
+    batch = batch_for(["normals", "depth"])
+    batch["normals_twin"] = batch["normals"].clone()
+    a = first_order(net, batch)
+    assert a[0, 1].item() == pytest.approx(1.0, abs=1e-5) and a[1, 0].item() == pytest.approx(1.0, abs=1e-5)
+    a_exact, _ = exact(net, batch, 2, 1e-3)
+    assert a_exact[0, 1].item() == pytest.approx(1.0, abs=1e-3)
+
+
+def test_opposite_targets_have_affinity_minus_one(tiny_checkpoint):
+    net = build(tiny_checkpoint, ("normals", SurfaceNormals(name="normals_flipped")))
+    _twin(net, "normals", "normals_flipped")
+    batch = batch_for(["normals"])
+    batch["normals_flipped"] = -batch["normals"]
+    a = first_order(net, batch)
+    assert a[0, 1].item() == pytest.approx(-1.0, abs=1e-5) and a[1, 0].item() == pytest.approx(-1.0, abs=1e-5)
+    a_exact, _ = exact(net, batch, 2, 1e-3)
+    assert a_exact[0, 1].item() == pytest.approx(-1.0, abs=2e-2)
+    torch.testing.assert_close(conditioning_weights(a), torch.eye(2))  # a harmful task is not mixed in
+
+
+def test_task_without_labels_in_the_batch_still_runs_and_is_not_measured(tiny_checkpoint):
+    net = build(tiny_checkpoint, TASKS3)
+    batch = batch_for(["semseg", "depth"])  # no normals key at all
+    enc, grads = gradients(net, batch)
+    assert torch.count_nonzero(grads[2]) == 0
+    assert all(p.grad is not None for p in net.decoders["normals"].parameters())  # same graph, zero gradient
+    troa = TaskAffinity(3)
+    troa.update(grads, label_counts(net.tasks, batch) > 0)
+    assert troa.counts[2].sum() == 0 and troa.counts[:, 2].sum() == 0 and troa.counts[0, 1] == 1
+    assert torch.equal(troa.affinity[2], torch.eye(3)[2])
+
+
+def test_model_exposes_affinity_and_weights_in_task_order(tiny_checkpoint):
+    net = build(tiny_checkpoint, TASKS3)
+    a = torch.tensor([[1.0, 0.5, -0.2], [0.1, 1.0, 0.0], [0.3, 0.0, 1.0]])
+    net.troa.affinity.copy_(a)
+    torch.testing.assert_close(net.task_affinity(), a)
+    torch.testing.assert_close(net.conditioning_weights(), conditioning_weights(a))
+    net.task_affinity().zero_()  # a copy: the model's state is not aliased
+    torch.testing.assert_close(net.task_affinity(), a)

@@ -130,7 +130,7 @@ def test_identical_embeddings_give_identical_branches(tiny_checkpoint):
     a, b = model.forward_features(x, "depth"), model.forward_features(x, "depth_zbuffer")
     assert all(torch.equal(u, v) for u, v in zip(a, b))
     with torch.no_grad():
-        model.affinity.copy_(torch.tensor([[1.0, 0.0, 0.0], [0.0, 1.0, 0.0], [0.0, 0.9, 0.2]]))
+        model.troa.affinity.copy_(torch.tensor([[1.0, 0.0, 0.0], [0.0, 1.0, 0.0], [0.0, 0.9, 0.2]]))
     c = model.forward_features(x, "depth_zbuffer")  # now mixes in the normals embedding
     assert not torch.allclose(b[-1], c[-1])
     # heads of the two identical-input branches share decoder init, so only heads differ
@@ -189,7 +189,7 @@ def test_parameter_report_and_trainable_state_roundtrip(tiny_checkpoint):
     assert 0 < report["trainable_fraction"] < 1
     randomize_adapters(model, seed=3)
     with torch.no_grad():
-        model.affinity.copy_(torch.tensor([[1.0, 0.2, 0, 0], [0.1, 1, 0, 0], [0, 0, 1, 0], [0, 0, 0.3, 1]]))
+        model.troa.affinity.copy_(torch.tensor([[1.0, 0.2, 0, 0], [0.1, 1, 0, 0], [0, 0, 1, 0], [0, 0, 0.3, 1]]))
     state = model.trainable_state_dict()
     assert all(not k.startswith("trunk.") for k in state)
     fresh = make_model(tiny_checkpoint)

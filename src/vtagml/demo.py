@@ -6,7 +6,8 @@ trains adapters, decoders and heads for semseg, depth, normals and edges on doma
 evaluates on the validation split, and writes to ``--out``:
 
 - ``metrics.json``: per-task metrics, parameter counts, wall time, images per second;
-- ``affinity.csv`` / ``affinity.png``: the TROA task affinities;
+- ``affinity.csv`` / ``affinity.png``: the TROA task affinities A (``metrics.json`` also holds
+  the conditioning weights alpha);
 - ``predictions.png``: image / ground truth / prediction per task for a few validation samples;
 - ``vtagml-demo.ckpt`` (Lightning checkpoint, resumable) and ``adapters.safetensors``
   (trained weights only, to load on any copy of the backbone).
@@ -112,7 +113,9 @@ def run_demo(out: Path, epochs: int = 6, train_samples: int = 2000, batch_size: 
                        "total": report["total"]["trainable"] + report["total"]["frozen"],
                        "trainable_fraction": round(report["trainable_fraction"], 4),
                        "per_component": {k: v for k, v in report.items() if isinstance(v, dict) and k != "total"}},
-        "affinity": {"tasks": net.task_names, "matrix": [[round(float(v), 6) for v in row] for row in net.affinity]},
+        "affinity": {"tasks": net.task_names,
+                     "A": [[round(float(v), 4) for v in row] for row in net.task_affinity()],
+                     "alpha": [[round(float(v), 4) for v in row] for row in net.conditioning_weights()]},
         "epochs": trainer.current_epoch,
         "train_images_per_s": round(trained_images / fit_seconds, 1),
         "eval_images_per_s": round(len(dm.datasets["val"]) / eval_seconds, 1),

@@ -25,7 +25,8 @@ def _atomic_replace(path: Path, write) -> None:
 
 
 def save_affinity_csv(affinity: torch.Tensor, names: Sequence[str], path: str | os.PathLike) -> None:
-    """T x T table: row i, column j is Z[i -> j] (a step on task i lowers task j's loss)."""
+    """T x T table of TROA affinities: row i, column j is A[i -> j], the share of task j's own-step
+    loss decrease that a step on task i gives (diagonal 1, negative where i's step hurts j)."""
     path = Path(path)
     z = affinity.detach().cpu().double().numpy()
 
@@ -39,10 +40,11 @@ def save_affinity_csv(affinity: torch.Tensor, names: Sequence[str], path: str | 
 
 
 def plot_affinity(affinity: torch.Tensor, names: Sequence[str], path: str | os.PathLike,
-                  title: str = "TROA task affinity  Z[i → j]") -> None:
-    """Annotated heatmap of the affinity matrix (diverging colours, centred on 0)."""
+                  title: str = "TROA task affinity  A[i → j]") -> None:
+    """Annotated heatmap of the affinity matrix A (diverging colours on a fixed [-1, 1] scale,
+    so heatmaps of different runs compare by eye)."""
     z = affinity.detach().cpu().double().numpy()
-    lim = max(float(np.abs(z).max()), 1e-12)
+    lim = max(1.0, float(np.abs(z).max()))
     fig, ax = plt.subplots(figsize=(1.2 * len(names) + 2.2, 1.0 * len(names) + 1.6), dpi=120)
     im = ax.imshow(z, cmap="RdBu_r", vmin=-lim, vmax=lim)
     ax.set_xticks(range(len(names)), names, rotation=30, ha="right")
@@ -51,7 +53,7 @@ def plot_affinity(affinity: torch.Tensor, names: Sequence[str], path: str | os.P
     ax.set_ylabel("from task i (step taken)")
     for i in range(len(names)):
         for j in range(len(names)):
-            ax.text(j, i, f"{z[i, j]:.2g}", ha="center", va="center",
+            ax.text(j, i, f"{z[i, j]:.2f}", ha="center", va="center",
                     color="white" if abs(z[i, j]) > 0.6 * lim else "black", fontsize=9)
     ax.set_title(title, fontsize=10)
     fig.colorbar(im, ax=ax, fraction=0.046)
@@ -102,8 +104,9 @@ class AffinityArtifacts(Callback):
             return
         out = self._dir(trainer)
         out.mkdir(parents=True, exist_ok=True)
-        save_affinity_csv(module.net.affinity, module.net.task_names, out / "affinity.csv")
-        plot_affinity(module.net.affinity, module.net.task_names, out / "affinity.png")
+        affinity = module.net.task_affinity()
+        save_affinity_csv(affinity, module.net.task_names, out / "affinity.csv")
+        plot_affinity(affinity, module.net.task_names, out / "affinity.png")
 
     def on_validation_epoch_end(self, trainer, module):
         if not trainer.sanity_checking:

@@ -3,42 +3,65 @@
 Training step (one forward, one backward):
 
 1. the frozen trunk encodes the batch once (no autograd) into z;
-2. each task branch gets its own leaf copy of z, stacked as ``z_all`` (T*B, h, w, C);
-3. branches predict, task losses (weighted) are summed and back-propagated by Lightning;
-4. ``on_after_backward`` reads ``z_all.grad`` = the per-task gradients G_t and updates the
-   model's affinity EMA with first-order TROA (``vtagml.affinity``). Every
-   ``troa_exact_every`` steps the exact lookahead is evaluated on a sub-batch instead.
+2. every task branch of the model runs (a task without labels in the batch gets an exact zero
+   loss and gradient), each on its own leaf copy of z, stacked as ``z_all`` (T*B, h, w, C);
+3. task losses (weighted; under DDP normalized by the global valid-pixel count, so N processes
+   train exactly like one process on the global batch) are summed and back-propagated;
+4. ``on_after_backward`` hands ``z_all.grad`` = the per-task gradients g_t to the model's
+   :class:`~vtagml.affinity.TaskAffinity`, which updates A (first order every step; the exact
+   lookahead every ``troa_exact_every`` steps, on a sub-batch, from the same gradients).
 """
 
 from __future__ import annotations
 
 import math
-from typing import Literal
+import warnings
+from typing import Literal, Sequence
 
 import lightning as L
 import torch
+from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor, nn
+from torchmetrics import MeanMetric
 
-from vtagml.affinity import affinity_from_gram, exact_affinity, update_affinity_ema
 from vtagml.models.vtagml import VTAGML, Encoded
+from vtagml.tasks import Task
 from vtagml.tasks.metrics import multitask_gain
 
 
-def task_losses(net: VTAGML, enc: Encoded, batch: dict, task_idx: list[int], z_all: Tensor | None = None
-                ) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
-    """Predictions and weighted losses ``{task: w_t * L_t}`` of the tasks ``task_idx``."""
-    preds = net.forward_branches(enc, task_idx, z_all)
+def label_counts(tasks: Sequence[Task], batch: dict) -> Tensor:
+    """(T,) number of labelled pixels of each task in ``batch`` (0 for a task it lacks)."""
+    present = batch.get("present", {})
+    return torch.stack([task.masked_valid(batch[task.name], present.get(task.name)).sum()
+                        if task.name in batch else torch.zeros((), dtype=torch.long, device=batch["image"].device)
+                        for task in tasks])
+
+
+def task_losses(tasks: Sequence[Task], preds: dict[str, Tensor], batch: dict) -> dict[str, Tensor]:
+    """Weighted losses ``{task: w_t * L_t}`` of the predicted ``tasks``; a task without labels in
+    the batch gets an exact zero that still reaches its branch (zero gradient, same graph)."""
     present = batch.get("present", {})
     losses = {}
-    for t in task_idx:
-        task = net.tasks[t]
-        losses[task.name] = task.weight * task.loss(preds[task.name], batch[task.name], present.get(task.name))
-    return preds, losses
+    for task in tasks:
+        pred = preds[task.name]
+        if task.name in batch:
+            losses[task.name] = task.weight * task.loss(pred, batch[task.name], present.get(task.name))
+        else:
+            losses[task.name] = pred.sum() * 0.0
+    return losses
 
 
 def branch_inputs(z: Tensor, num_tasks: int) -> Tensor:
     """Leaf copies of z for ``num_tasks`` branches, task-major (T*B, ...), requiring grad."""
     return z.detach().repeat(num_tasks, *([1] * (z.dim() - 1))).requires_grad_(True)
+
+
+def sub_batch(enc: Encoded, batch: dict, n: int) -> tuple[Encoded, dict]:
+    """The first ``n`` samples of a trunk output and its batch."""
+    enc = Encoded(z=enc.z[:n], skips=[s[:n] for s in enc.skips], image=enc.image[:n], size=enc.size)
+    sub = {k: (v[:n] if isinstance(v, Tensor) else v) for k, v in batch.items() if k != "present"}
+    sub["present"] = {k: v[:n] for k, v in batch.get("present", {}).items()}
+    return enc, sub
 
 
 class MultitaskModule(L.LightningModule):
@@ -51,9 +74,9 @@ class MultitaskModule(L.LightningModule):
         weight_decay: weight decay (not on biases, norms, embeddings; see ``no_weight_decay``).
         schedule: ``"cosine"`` (linear warmup then cosine), ``"onecycle"`` or ``"constant"``.
         warmup: warmup length, a fraction of all steps if < 1, else a step count.
-        troa: measure task affinities and condition the model on them.
-        troa_lr: lookahead step eta (default: ``lr``); affinities compare across runs only at equal eta.
+        troa: measure task affinities and condition the model on them (False: alpha = I).
         troa_momentum: EMA momentum of affinities.
+        troa_step: exact lookahead step rho as a fraction of the RMS of z.
         troa_exact_every: evaluate the exact lookahead every this many steps (0 = never).
         troa_exact_samples: sub-batch size of the exact lookahead.
         reference_metrics: single-task results ``{"task/metric": value}`` for the multitask gain.
@@ -68,8 +91,8 @@ class MultitaskModule(L.LightningModule):
         schedule: Literal["cosine", "onecycle", "constant"] = "cosine",
         warmup: float = 0.05,
         troa: bool = True,
-        troa_lr: float | None = None,
         troa_momentum: float = 0.9,
+        troa_step: float = 1e-3,
         troa_exact_every: int = 0,
         troa_exact_samples: int = 2,
         reference_metrics: dict[str, float] | None = None,
@@ -77,34 +100,48 @@ class MultitaskModule(L.LightningModule):
         super().__init__()
         self.save_hyperparameters(ignore=["net"])
         self.net = net
+        net.troa.configure(momentum=troa_momentum, step_size=troa_step, exact_samples=troa_exact_samples)
         self.val_metrics = nn.ModuleDict({t.name: t.build_metrics() for t in net.tasks})
         self.test_metrics = nn.ModuleDict({t.name: t.build_metrics() for t in net.tasks})
+        # weighted task losses on evaluation splits, as metrics (mean over labelled samples, DDP-reduced)
+        self.val_losses = nn.ModuleDict({t.name: MeanMetric() for t in net.tasks})
+        self.test_losses = nn.ModuleDict({t.name: MeanMetric() for t in net.tasks})
         self._troa_batch = None
 
     # ------------------------------------------------------------------ training
-    def _labelled_tasks(self, batch: dict) -> list[int]:
-        present = batch.get("present", {})
-        return [i for i, t in enumerate(self.net.tasks)
-                if t.name in batch and (t.name not in present or bool(present[t.name].any()))]
+    def _global_scales(self, counts: Tensor) -> Tensor | None:
+        """Per-task factors that turn local pixel means into global ones under DDP (None: one process).
+
+        DDP averages gradients over processes, so a local mean scaled by ``n_local * W / N_global``
+        gives the gradient of the global-batch mean: a process with fewer (or no) labels of a
+        task weighs in by its share. One fixed-shape all-reduce, on every process.
+        """
+        world = self.trainer.world_size if self._trainer is not None else 1
+        if world == 1:
+            return None
+        total = self.trainer.strategy.reduce(counts.double(), reduce_op="sum")
+        return torch.where(total > 0, counts.double() * world / total.clamp_min(1), torch.zeros_like(total))
 
     def training_step(self, batch: dict, batch_idx: int) -> Tensor:
-        idx = self._labelled_tasks(batch)
-        if not idx:
-            raise ValueError(f"batch has no label for any task of the model {self.net.task_names}")
+        tasks = self.net.tasks
         enc = self.net.encode(batch["image"])
-        z_all = branch_inputs(enc.z, len(idx)) if self.hparams.troa else None
-        _, losses = task_losses(self.net, enc, batch, idx, z_all)
+        z_all = branch_inputs(enc.z, len(tasks)) if self.hparams.troa else None
+        preds = self.net.forward_branches(enc, range(len(tasks)), z_all)
+        losses = task_losses(tasks, preds, batch)
+        counts = label_counts(tasks, batch)
+        scales = self._global_scales(counts)
+        if scales is not None:
+            losses = {k: v * scales[i].to(v) for i, (k, v) in enumerate(losses.items())}
+        if batch_idx == 0 and not bool(counts.any()):
+            rank_zero_warn(f"a training batch holds no label of any task of the model {self.net.task_names}; "
+                           f"check that the data provides them")
         total = torch.stack(list(losses.values())).sum()
         bs = batch["image"].shape[0]
         self.log_dict({f"train/loss/{k}": v.detach() for k, v in losses.items()}, batch_size=bs)
         self.log("train/loss", total.detach(), prog_bar=True, batch_size=bs)
         if self.hparams.troa:
-            self._troa_batch = (enc, z_all, {k: v.detach() for k, v in losses.items()}, idx, batch)
+            self._troa_batch = (enc, z_all, counts > 0, batch)
         return total
-
-    @property
-    def troa_lr(self) -> float:
-        return self.hparams.troa_lr if self.hparams.troa_lr is not None else self.hparams.lr
 
     def _grad_scale(self) -> float:
         scaler = getattr(self.trainer.precision_plugin, "scaler", None) if self._trainer is not None else None
@@ -113,76 +150,62 @@ class MultitaskModule(L.LightningModule):
     def on_after_backward(self) -> None:
         if self._troa_batch is None:
             return
-        enc, z_all, losses, idx, batch = self._troa_batch
+        enc, z_all, labelled, batch = self._troa_batch
         self._troa_batch = None
         if z_all.grad is None:
             return
-        num, b = len(idx), enc.z.shape[0]
-        grads = (z_all.grad / self._grad_scale()).view(num, b, *enc.z.shape[1:])
-        loss_vec = torch.stack([losses[self.net.task_names[t]] for t in idx]).double()
+        tasks, troa = self.net.tasks, self.net.troa
+        grads = z_all.grad.view(len(tasks), *enc.z.shape)
         exact_every = self.hparams.troa_exact_every
-        if exact_every and self.global_step % exact_every == 0:
-            step = self._exact_affinity(enc, batch, idx)
-        else:
-            flat = grads.reshape(num, -1).double()
-            gram = flat @ flat.T
-            if self._trainer is not None and self.trainer.world_size > 1:
-                # global-batch gradients are local ones / world size; losses average over processes
-                world = self.trainer.world_size
-                gram = self.trainer.strategy.reduce(gram, reduce_op="sum") / world ** 2
-                loss_vec = self.trainer.strategy.reduce(loss_vec, reduce_op="mean")
-            step = affinity_from_gram(gram, loss_vec, self.troa_lr)
-        measured_local = (loss_vec > 0).view(-1, 1) & (loss_vec > 0).view(1, -1)
-        full = torch.zeros_like(self.net.affinity)
-        measured = torch.zeros_like(self.net.affinity, dtype=torch.bool)
-        ii = torch.tensor(idx, device=full.device)
-        full[ii[:, None], ii[None, :]] = step.to(full)
-        measured[ii[:, None], ii[None, :]] = measured_local.to(full.device)
-        update_affinity_ema(self.net.affinity, self.net.affinity_counts, full, self.hparams.troa_momentum, measured)
-
-    def _exact_affinity(self, enc: Encoded, batch: dict, idx: list[int]) -> Tensor:
-        """Exact TAG lookahead on the first ``troa_exact_samples`` samples of the batch."""
-        n = min(self.hparams.troa_exact_samples, enc.z.shape[0])
-        sub = Encoded(z=enc.z[:n], skips=[s[:n] for s in enc.skips], image=enc.image[:n], size=enc.size)
-        sub_batch = {k: (v[:n] if isinstance(v, Tensor) else v) for k, v in batch.items()}
-        sub_batch["present"] = {k: v[:n] for k, v in batch.get("present", {}).items()}
-        num = len(idx)
-        with torch.enable_grad():
-            z_all = branch_inputs(sub.z, num)
-            _, losses = task_losses(self.net, sub, sub_batch, idx, z_all)
-            (grads,) = torch.autograd.grad(torch.stack(list(losses.values())).sum(), [z_all])
-        grads = grads.view(num, n, *sub.z.shape[1:])
+        if not (exact_every and self.global_step % exact_every == 0):
+            troa.update(grads, labelled, self._grad_scale())
+            return
+        sub, sub_targets = sub_batch(enc, batch, min(troa.exact_samples, enc.z.shape[0]))
 
         def losses_at(z: Tensor) -> Tensor:
-            _, ls = task_losses(self.net, sub, sub_batch, idx, z.repeat(num, *([1] * (z.dim() - 1))))
-            return torch.stack([ls[self.net.task_names[t]] for t in idx])
+            preds = self.net.forward_branches(sub, range(len(tasks)), z.repeat(len(tasks), *([1] * (z.dim() - 1))))
+            return torch.stack(list(task_losses(tasks, preds, sub_targets).values()))
 
-        return exact_affinity(losses_at, sub.z, grads, self.troa_lr)
+        troa.update_exact(losses_at, enc.z, grads, label_counts(tasks, sub_targets) > 0, self._grad_scale())
 
     # ------------------------------------------------------------------ evaluation
-    def _evaluate(self, batch: dict, metrics: nn.ModuleDict, prefix: str) -> None:
+    def _labelled_tasks(self, batch: dict) -> list[int]:
+        return [i for i, n in enumerate(label_counts(self.net.tasks, batch).tolist()) if n > 0]
+
+    def _evaluate(self, batch: dict, metrics: nn.ModuleDict, loss_metrics: nn.ModuleDict) -> None:
         idx = self._labelled_tasks(batch)
         if not idx:
             return
         enc = self.net.encode(batch["image"])
-        preds, losses = task_losses(self.net, enc, batch, idx)
+        preds = self.net.forward_branches(enc, idx)
+        tasks = [self.net.tasks[t] for t in idx]
+        losses = task_losses(tasks, preds, batch)
         present = batch.get("present", {})
-        for t in idx:
-            task = self.net.tasks[t]
-            task.update_metrics(metrics[task.name], preds[task.name], batch[task.name], present.get(task.name))
         bs = batch["image"].shape[0]
-        self.log_dict({f"{prefix}/loss/{k}": v for k, v in losses.items()}, batch_size=bs, sync_dist=True)
-        self.log(f"{prefix}/loss", torch.stack(list(losses.values())).sum(), batch_size=bs, sync_dist=True)
+        for task in tasks:
+            mask = present.get(task.name)
+            task.update_metrics(metrics[task.name], preds[task.name], batch[task.name], mask)
+            loss_metrics[task.name].update(losses[task.name].detach(), bs if mask is None else int(mask.sum()))
 
-    def _log_epoch_metrics(self, metrics: nn.ModuleDict, prefix: str) -> dict[str, float]:
+    def _log_epoch_metrics(self, metrics: nn.ModuleDict, loss_metrics: nn.ModuleDict, prefix: str) -> dict[str, float]:
+        """Compute, log and reset every metric updated on any process (same collectives on every rank)."""
+        named = [(f"{t}/{n}", m) for t, group in metrics.items() for n, m in group.items()]
+        named += [(f"loss/{t}", m) for t, m in loss_metrics.items()]
+        updated = torch.tensor([float(m.update_called) for _, m in named], device=self.device)
+        if self._trainer is not None and self.trainer.world_size > 1:
+            updated = self.trainer.strategy.reduce(updated, reduce_op="sum")
         values = {}
-        for task_name, group in metrics.items():
-            for name, metric in group.items():
-                if not metric.update_called:
-                    continue
-                values[f"{task_name}/{name}"] = float(metric.compute())
-                metric.reset()
+        for (key, metric), anywhere in zip(named, updated.tolist()):
+            if anywhere > 0:
+                with warnings.catch_warnings():  # a process may hold no label of a task: it adds zeros
+                    warnings.filterwarnings("ignore", message=".*compute.*before.*update.*")
+                    values[key] = float(metric.compute())
+            metric.reset()
         self.log_dict({f"{prefix}/{k}": v for k, v in values.items()}, sync_dist=False)
+        task_losses_logged = [v for k, v in values.items() if k.startswith("loss/")]
+        if task_losses_logged:
+            self.log(f"{prefix}/loss", sum(task_losses_logged), sync_dist=False)
+        values = {k: v for k, v in values.items() if not k.startswith("loss/")}
         ref = self.hparams.reference_metrics
         if ref and all(k in values for k in ref):
             direction = {f"{t}/{n}": bool(m.higher_is_better) for t, g in metrics.items() for n, m in g.items()}
@@ -190,19 +213,20 @@ class MultitaskModule(L.LightningModule):
         return values
 
     def validation_step(self, batch: dict, batch_idx: int) -> None:
-        self._evaluate(batch, self.val_metrics, "val")
+        self._evaluate(batch, self.val_metrics, self.val_losses)
 
     def on_validation_epoch_end(self) -> None:
-        self._log_epoch_metrics(self.val_metrics, "val")
+        self._log_epoch_metrics(self.val_metrics, self.val_losses, "val")
         names = self.net.task_names
-        self.log_dict({f"troa/{names[i]}->{names[j]}": float(self.net.affinity[i, j])
+        affinity = self.net.task_affinity()
+        self.log_dict({f"troa/{names[i]}->{names[j]}": float(affinity[i, j])
                        for i in range(len(names)) for j in range(len(names))})
 
     def test_step(self, batch: dict, batch_idx: int) -> None:
-        self._evaluate(batch, self.test_metrics, "test")
+        self._evaluate(batch, self.test_metrics, self.test_losses)
 
     def on_test_epoch_end(self) -> None:
-        self.last_test_metrics = self._log_epoch_metrics(self.test_metrics, "test")
+        self.last_test_metrics = self._log_epoch_metrics(self.test_metrics, self.test_losses, "test")
 
     def predict_step(self, batch: dict, batch_idx: int, dataloader_idx: int = 0) -> dict:
         preds = self.net(batch["image"])

@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from timm.data import resolve_model_data_config
 from torch import Tensor, nn
 
-from vtagml.affinity import conditioning_weights
+from vtagml.affinity import TaskAffinity
 from vtagml.layers import TaskEmbeddings
 from vtagml.models.adapter_layer import AdapterLayer
 from vtagml.models.backbone import create_backbone, split_swin
@@ -130,8 +130,7 @@ class VTAGML(nn.Module):
         for p in self._pretrained_branch_parameters():
             p.requires_grad_(train_adapted_blocks)
 
-        self.register_buffer("affinity", torch.eye(len(self.tasks)))
-        self.register_buffer("affinity_counts", torch.zeros(len(self.tasks), len(self.tasks)))
+        self.troa = TaskAffinity(len(self.tasks))  # A and its measurement (buffers in checkpoints)
 
         dec_cls = DECODERS[decoder]
         dec_kw = dict(in_channels=self.channels, strides=self.reductions, channels=decoder_channels)
@@ -201,9 +200,9 @@ class VTAGML(nn.Module):
                 if p.requires_grad and (p.ndim <= 1 or n.startswith("embeddings.") or n.endswith("taa.pattern"))}
 
     def trainable_state_dict(self) -> dict[str, Tensor]:
-        """What training changed: trainable parameters and the affinity buffers."""
+        """What training changed: trainable parameters and the TROA buffers."""
         state = {n: p.detach().clone() for n, p in self.named_parameters() if p.requires_grad}
-        state["affinity"], state["affinity_counts"] = self.affinity.clone(), self.affinity_counts.clone()
+        state.update({f"troa.{n}": b.clone() for n, b in self.troa.named_buffers()})
         return state
 
     def load_trainable_state_dict(self, state: dict[str, Tensor]) -> None:
@@ -217,7 +216,7 @@ class VTAGML(nn.Module):
         bad = [k for k in expected if tuple(state[k].shape) != tuple(expected[k].shape)]
         if bad:
             raise ValueError(f"adapter state has wrong shapes for {bad[:20]}")
-        own = dict(self.named_parameters()) | {"affinity": self.affinity, "affinity_counts": self.affinity_counts}
+        own = dict(self.named_parameters()) | {f"troa.{n}": b for n, b in self.troa.named_buffers()}
         with torch.no_grad():
             for k, v in state.items():
                 own[k].copy_(v)
@@ -258,10 +257,18 @@ class VTAGML(nn.Module):
             z = self.trunk["head"](feat)
         return Encoded(z=z, skips=skips, image=x, size=(h, w))
 
+    def task_affinity(self) -> Tensor:
+        """(T, T) TROA affinities A in task order: ``A[i, j]`` is the share of task j's own-step
+        gain that a step on task i gives (rows: the task whose step is taken; diagonal 1)."""
+        return self.troa.affinity.detach().clone()
+
+    def conditioning_weights(self) -> Tensor:
+        """(T, T) mixing weights alpha in task order: ``c_t = sum_j alpha[t, j] E_j`` (rows sum to 1)."""
+        return self.troa.conditioning_weights()
+
     def conditioning(self, task_idx: Sequence[int]) -> Tensor:
         """(len(task_idx), d) conditioning vectors ``c_t = sum_j alpha[t, j] E_j``."""
-        alpha = conditioning_weights(self.affinity)[list(task_idx)]
-        return self.embeddings(alpha)
+        return self.embeddings(self.troa.conditioning_weights()[list(task_idx)])
 
     def adapted_features(self, z_all: Tensor, cond: Tensor) -> tuple[Tensor, Tensor]:
         """Adapted stages for rows of z_all (R, h, w, C) with conditioning (R, d).
