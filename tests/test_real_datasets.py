@@ -124,7 +124,7 @@ def test_scale_and_crop_keep_labels_exact(nyud):
     out = JointTransform(crop_size=(8, 10), scale_range=(2.0, 2.0))(s)
     assert out["image"].shape == (3, 8, 10) and out["semseg"].shape == (8, 10) and out["depth"].shape == (1, 8, 10)
     assert set(torch.unique(out["semseg"]).tolist()) <= {255, 0, 39, 4}  # nearest: ids stay ids
-    assert set(torch.unique(out["depth"]).tolist()) <= {0.0, 2.5}  # depth is not rescaled by resizing
+    assert set(torch.unique(out["depth"]).tolist()) <= {0.0, 1.25}  # nearest; zoomed in 2x: depth / 2
     padded = JointTransform(crop_size=(H + 2, W + 2))(s)
     assert (padded["semseg"][H:] == 255).all() and (padded["depth"][:, H:] == 0).all()
 

@@ -18,6 +18,7 @@ import torch
 from torch import Tensor
 from torch.utils.data import Dataset
 
+from vtagml.data.check import validate_label
 from vtagml.data.io import read_rgb
 
 
@@ -36,6 +37,8 @@ class FileMultitaskDataset(Dataset):
     available_tasks: tuple[str, ...] = ()
     classes: tuple[str, ...] = ()
     missing_labels_ok: bool = False
+    #: largest plausible depth in metres (None: no bound); larger values mean a unit error
+    max_depth: float | None = None
 
     def __init__(self, root: str | os.PathLike, split: str, tasks: Sequence[str] | None,
                  transform: Callable[[dict], dict] | None = None):
@@ -76,9 +79,15 @@ class FileMultitaskDataset(Dataset):
                     continue
                 missing = [str(p) for p in (paths or ()) if not p.is_file()] or [f"(no file listed for {task})"]
                 raise FileNotFoundError(f"{type(self).__name__} sample {rec.id!r}: {task} label not found: {missing}")
-            value: Tensor = getattr(self, f"decode_{task}")(*paths)
+            try:
+                value: Tensor = getattr(self, f"decode_{task}")(*paths)
+            except (ValueError, RuntimeError, IndexError) as err:  # a file the decoder cannot take: name it
+                if any(str(p) in str(err) for p in paths):
+                    raise
+                raise ValueError(f"{paths[0]}: cannot decode the {task} label: {err}") from err
             if tuple(value.shape[-2:]) != size:
                 raise ValueError(f"{paths[0]}: {task} label is {tuple(value.shape[-2:])}, image {rec.image} is {size}")
+            validate_label(self, task, value, paths[0])  # the rules `vtagml data check` reports
             sample[task] = value
         return sample
 
@@ -89,6 +98,8 @@ class FileMultitaskDataset(Dataset):
 
 def as_label(x, dtype=torch.float32) -> Tensor:
     """A NumPy (H, W) or (H, W, C) array as a (1, H, W) / (C, H, W) tensor (int64 (H, W) for ids)."""
+    if x.ndim not in (2, 3):
+        raise ValueError(f"expected an H x W or H x W x C array, got shape {x.shape}")
     t = torch.from_numpy(x.copy() if not x.flags.writeable else x)
     if dtype == torch.int64:
         return t.long()

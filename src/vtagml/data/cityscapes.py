@@ -65,6 +65,10 @@ class Cityscapes(FileMultitaskDataset):
         v = read_png(path)
         if v.ndim != 2:
             raise ValueError(f"{path}: expected a single-channel labelIds map, got shape {v.shape}")
+        bad = (v > 33) & (v != 255)  # label ids 0..33; -1 (license plate) is stored as 255
+        if bad.any():
+            raise ValueError(f"{path}: value(s) {np.unique(v[bad])[:10].tolist()} are not Cityscapes label ids "
+                             f"(0..33, 255)")
         return torch.from_numpy(self._table[v.astype(np.int64)].astype(np.int64))
 
     def decode_depth(self, disparity_path, camera_path):

@@ -4,36 +4,62 @@ model by the CLI, so a task list is written once."""
 from __future__ import annotations
 
 import os
+import re
+import warnings
 from typing import Sequence
 
 import lightning as L
-import torch
-from torch.utils.data import DataLoader, Dataset, Sampler
+from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 from vtagml.data.collate import collate_multitask
-from vtagml.data.image_folder import ImageFolder
+from vtagml.data.image_folder import ImageFolder, ReadableImages
 from vtagml.data.synthetic import SEMSEG_CLASSES, SYNTHETIC_TASKS, SyntheticScenes
+from vtagml.data.transforms import JointTransform, augmentation_generator
 
 
-class EpochShuffleSampler(Sampler[int]):
+class EpochShuffleSampler(DistributedSampler):
     """A shuffle that depends only on (seed, epoch), so a resumed run sees the same order.
 
-    Lightning calls ``set_epoch`` at every epoch start. The permutation equals that of
-    ``DistributedSampler(shuffle=True, seed=seed)`` on one process.
+    Lightning calls ``set_epoch`` at every epoch start. The permutation is that of
+    ``DistributedSampler(shuffle=True, seed=seed)``; with ``num_replicas`` processes each takes its
+    share, so a global batch holds the same samples as on one process. ``with_epoch=True`` yields
+    ``(index, epoch)`` keys for :class:`SeededAugmentation` (this reaches persistent workers too).
     """
 
-    def __init__(self, data_source, seed: int = 0):
-        self.num_samples, self.seed, self.epoch = len(data_source), seed, 0
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
+    def __init__(self, data_source, seed: int = 0, num_replicas: int = 1, rank: int = 0, with_epoch: bool = False):
+        super().__init__(data_source, num_replicas=num_replicas, rank=rank, shuffle=True, seed=seed)
+        self.with_epoch = with_epoch
 
     def __iter__(self):
-        g = torch.Generator().manual_seed(self.seed + self.epoch)
-        return iter(torch.randperm(self.num_samples, generator=g).tolist())
+        indices = super().__iter__()
+        return ((i, self.epoch) for i in indices) if self.with_epoch else indices
+
+
+class SeededAugmentation(Dataset):
+    """``dataset`` with its random joint transform drawn per (seed, epoch, sample index), so a
+    sample gets the same augmentation at the same epoch whatever the worker count, and on resume.
+
+    Indexed by ``(index, epoch)`` keys (:class:`EpochShuffleSampler` with ``with_epoch=True``);
+    ``dataset`` needs ``load(index)`` (the untransformed sample) and a ``transform`` that takes a
+    ``generator`` (:class:`~vtagml.data.transforms.JointTransform`).
+    """
+
+    def __init__(self, dataset: Dataset, seed: int):
+        self.dataset, self.seed = dataset, seed
 
     def __len__(self) -> int:
-        return self.num_samples
+        return len(self.dataset)
+
+    def __getitem__(self, key: tuple[int, int]) -> dict:
+        index, epoch = key
+        sample = self.dataset.load(index)
+        return self.dataset.transform(sample, generator=augmentation_generator(self.seed, epoch, index))
+
+
+def _seeded(dataset: Dataset) -> bool:
+    """Whether ``dataset`` applies a random :class:`JointTransform` that :class:`SeededAugmentation` can seed."""
+    transform = getattr(dataset, "transform", None)
+    return isinstance(transform, JointTransform) and transform.is_random and hasattr(dataset, "load")
 
 
 class MultitaskDataModule(L.LightningDataModule):
@@ -54,12 +80,21 @@ class MultitaskDataModule(L.LightningDataModule):
         if split not in self.datasets:
             raise RuntimeError(f"no {split} dataset: call setup() for the right stage first")
         dataset = self.datasets[split]
-        # one process: an (seed, epoch) shuffle; DDP: Lightning swaps a plain shuffle for a
-        # DistributedSampler with the same seed, which visits the same samples per global batch
-        distributed = self.trainer is not None and self.trainer.world_size > 1
-        sampler = EpochShuffleSampler(dataset, self.seed) if shuffle and not distributed else None
+        rank, world = (self.trainer.global_rank, self.trainer.world_size) if self.trainer is not None else (0, 1)
+        sampler = None
+        if split == "predict" and isinstance(dataset, ImageFolder):
+            dataset = ReadableImages(dataset, rank, world)  # unreadable images: skipped with a warning
+            # Lightning's generic notes on iterable datasets do not apply: ReadableImages shards itself
+            # (so its length is exact) and PredictionWriter needs no batch indices
+            for note in ("Your `IterableDataset` has `__len__` defined", "Couldn't infer the batch indices"):
+                warnings.filterwarnings("ignore", message=re.escape(note))
+        elif shuffle:
+            # an (seed, epoch) shuffle shared out over DDP processes (Lightning keeps a DistributedSampler)
+            # and random augmentation per (seed, epoch, index)
+            seeded = _seeded(dataset)
+            dataset = SeededAugmentation(dataset, self.seed) if seeded else dataset
+            sampler = EpochShuffleSampler(dataset, self.seed, num_replicas=world, rank=rank, with_epoch=seeded)
         return DataLoader(dataset, batch_size=batch_size or self.batch_size, sampler=sampler,
-                          shuffle=shuffle and distributed,
                           num_workers=self.num_workers, pin_memory=self.pin_memory,
                           persistent_workers=self.persistent_workers, collate_fn=collate_multitask,
                           drop_last=shuffle and len(dataset) > self.batch_size)
@@ -181,11 +216,12 @@ class FolderDataModule(MultitaskDataModule):
         return self.dataset_cls.classes
 
     def _transform(self, train: bool):
-        from vtagml.data.transforms import JointTransform
         from vtagml.tasks import build_tasks
-        flips = {t.name: t.hflip for t in build_tasks(self.tasks, num_classes=self.num_classes)}
+        tasks = build_tasks(self.tasks, num_classes=self.num_classes)
+        flips = {t.name: t.hflip for t in tasks}
         if train:
-            return JointTransform(crop_size=self.crop_size, scale_range=self.scale_range, hflip=self.hflip, flips=flips)
+            return JointTransform(crop_size=self.crop_size, scale_range=self.scale_range, hflip=self.hflip, flips=flips,
+                                  depth_keys=[t.name for t in tasks if t.kind == "depth"])
         return JointTransform(resize=self.eval_size) if self.eval_size else None
 
     def setup(self, stage: str | None = None) -> None:

@@ -34,6 +34,7 @@ class NYUDv2(FileMultitaskDataset):
 
     available_tasks = ("semseg", "depth", "normals", "edges")
     classes = NYUD_CLASSES
+    max_depth = 20.0  # Kinect depth: metres, at most ~10
     _files = {"semseg": ("segmentation", ".png"), "depth": ("depth", ".npy"), "normals": ("normals", ".npy"),
               "edges": ("edge", ".npy")}
 
@@ -54,6 +55,9 @@ class NYUDv2(FileMultitaskDataset):
         if v.ndim != 2:
             raise ValueError(f"{path}: expected a single-channel class map, got shape {v.shape}")
         v = v.astype(np.int64)
+        if v.max(initial=0) > len(NYUD_CLASSES):
+            bad = np.unique(v[v > len(NYUD_CLASSES)])[:10].tolist()
+            raise ValueError(f"{path}: value(s) {bad} outside 0 (unlabeled) and 1..{len(NYUD_CLASSES)} (classes)")
         return torch.from_numpy(np.where(v == 0, IGNORE, v - 1))
 
     def decode_depth(self, path):

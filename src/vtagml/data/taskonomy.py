@@ -66,6 +66,7 @@ class Taskonomy(FileMultitaskDataset):
     available_tasks = tuple(TASKONOMY_FOLDERS)
     classes = TASKONOMY_CLASSES
     missing_labels_ok = True
+    max_depth = 128.0  # the 16-bit encoding's range
 
     def __init__(self, root: str | os.PathLike, split: str = "train", buildings: Sequence[str] | None = None,
                  split_csv: str | os.PathLike | None = None, tasks: Sequence[str] | None = None,
@@ -140,7 +141,10 @@ class Taskonomy(FileMultitaskDataset):
     def decode_semseg(self, path):
         v = read_png(path)
         v = (v[..., 0] if v.ndim == 3 else v).astype(np.int64)
-        return torch.from_numpy(np.where((v == 0) | (v > len(TASKONOMY_CLASSES)), IGNORE, v - 1))
+        if v.max(initial=0) > len(TASKONOMY_CLASSES):
+            bad = np.unique(v[v > len(TASKONOMY_CLASSES)])[:10].tolist()
+            raise ValueError(f"{path}: value(s) {bad} outside 0 (uncertain) and 1..{len(TASKONOMY_CLASSES)}")
+        return torch.from_numpy(np.where(v == 0, IGNORE, v - 1))
 
     def decode_reshading(self, path):
         v = read_png(path)

@@ -1,17 +1,23 @@
 """Joint, label-consistent geometric augmentation of sample dicts.
 
 Images are resampled bilinearly (antialiased when shrinking); labels with nearest neighbours,
-so class ids stay ids, depth values stay metres (resizing does not rescale depth) and normals
-stay unit vectors. A horizontal flip uses each task's own ``hflip`` (normals negate x).
-Padding uses each label's invalid value (255 for classes, 0 elsewhere). A sample's
+so class ids stay ids and normals stay unit vectors. A fixed resize keeps depth values; a random
+zoom by ``s`` divides depth by ``s`` (a zoomed image looks ``s`` times nearer, as in the reference
+NYUD pipelines; with the intrinsics scaled too this is the scene shrunk ``s`` times, seen with an
+``s`` times longer focal length). A horizontal flip uses each task's own ``hflip`` (normals negate
+x). Padding uses each label's invalid value (255 for classes, 0 elsewhere). A sample's
 ``intrinsics`` (3x3, pixels, principal point in the pixel-edge convention) follow every step.
+
+Random draws come from a ``torch.Generator`` passed per call; :func:`augmentation_generator`
+derives it from (seed, epoch, sample index), so an augmentation replays on resume and does not
+depend on the number of workers.
 """
 
 from __future__ import annotations
 
-import random
 from typing import Callable, Sequence
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor
@@ -33,6 +39,12 @@ def _resize_label(label: Tensor, size: tuple[int, int]) -> Tensor:
     return F.interpolate(label[None].float(), size=size, mode="nearest")[0].to(label.dtype)
 
 
+def augmentation_generator(seed: int, epoch: int, index: int) -> torch.Generator:
+    """A generator that depends only on (seed, epoch, sample index), well mixed (NumPy SeedSequence)."""
+    key = np.random.SeedSequence([int(seed) & 0xFFFFFFFFFFFFFFFF, int(epoch), int(index)]).generate_state(1, np.uint64)
+    return torch.Generator().manual_seed(int(key[0]))
+
+
 def _fill(label: Tensor) -> int:
     return IGNORE_INDEX if not label.is_floating_point() else 0
 
@@ -51,21 +63,29 @@ class JointTransform:
 
     Args:
         crop_size: output (H, W) of the random crop (None: no crop).
-        scale_range: random rescale factor range before cropping.
+        scale_range: random zoom factor range before cropping; depth labels are divided by it.
         hflip: flip with probability 0.5.
-        resize: resize to this (H, W) before anything else (evaluation at a fixed size).
+        resize: resize to this (H, W) before anything else (evaluation at a fixed size; depth kept).
         flips: per-task flip functions (``Task.hflip``); other labels are mirrored plainly.
+        depth_keys: labels holding metric depth (divided by the zoom factor).
     """
 
     def __init__(self, crop_size: int | Sequence[int] | None = None, scale_range: Sequence[float] = (1.0, 1.0),
                  hflip: bool = False, resize: int | Sequence[int] | None = None,
-                 flips: dict[str, Callable[[Tensor], Tensor]] | None = None):
+                 flips: dict[str, Callable[[Tensor], Tensor]] | None = None,
+                 depth_keys: Sequence[str] = ("depth", "depth_zbuffer")):
         self.crop = _as_hw(crop_size)
         self.resize = _as_hw(resize)
         lo, hi = scale_range
         if not 0 < lo <= hi:
             raise ValueError(f"scale_range must satisfy 0 < low <= high, got {scale_range}")
         self.scale_range, self.hflip, self.flips = (lo, hi), hflip, flips or {}
+        self.depth_keys = tuple(depth_keys)
+
+    @property
+    def is_random(self) -> bool:
+        """Whether calls draw random numbers (scale, crop or flip)."""
+        return self.scale_range != (1.0, 1.0) or self.crop is not None or self.hflip
 
     @staticmethod
     def _intrinsics(sample: dict, scale=(1.0, 1.0), shift=(0.0, 0.0), flip_width: int | None = None) -> None:
@@ -98,14 +118,24 @@ class JointTransform:
     def _labels(sample: dict) -> list[str]:
         return [k for k, v in sample.items() if k not in NON_LABEL_KEYS and isinstance(v, Tensor) and v.dim() >= 2]
 
-    def __call__(self, sample: dict) -> dict:
+    def __call__(self, sample: dict, generator: torch.Generator | None = None) -> dict:
+        """The transformed sample; random draws come from ``generator`` (default: torch's global RNG)."""
         if self.resize is not None:
             sample = self._resize(sample, self.resize)
+        if not self.is_random:
+            return sample
+        # always four draws (zoom, top, left, flip), so each choice is independent of the others
+        u_scale, u_top, u_left, u_flip = torch.rand(4, generator=generator, dtype=torch.float64).tolist()
         lo, hi = self.scale_range
-        if hi != 1.0 or lo != 1.0:
-            s = random.uniform(lo, hi)
+        if (lo, hi) != (1.0, 1.0):
+            s = lo + (hi - lo) * u_scale
             h, w = sample["image"].shape[-2:]
-            sample = self._resize(sample, (max(1, round(h * s)), max(1, round(w * s))))
+            size = (max(1, round(h * s)), max(1, round(w * s)))
+            sample = self._resize(sample, size)
+            zoom = ((size[0] / h) * (size[1] / w)) ** 0.5  # the zoom applied (s up to rounding)
+            for key in self.depth_keys:
+                if key in sample and zoom != 1.0:
+                    sample[key] = sample[key] / zoom
         if self.crop is not None:
             ch, cw = self.crop
             sample = dict(sample)
@@ -113,11 +143,11 @@ class JointTransform:
             for key in self._labels(sample):
                 sample[key] = _pad(sample[key], ch, cw, _fill(sample[key]))
             h, w = sample["image"].shape[-2:]
-            top, left = random.randint(0, h - ch), random.randint(0, w - cw)
+            top, left = min(int(u_top * (h - ch + 1)), h - ch), min(int(u_left * (w - cw + 1)), w - cw)
             self._intrinsics(sample, shift=(top, left))
             for key in ["image", *self._labels(sample)]:
                 sample[key] = sample[key][..., top:top + ch, left:left + cw].contiguous()
-        if self.hflip and random.random() < 0.5:
+        if self.hflip and u_flip < 0.5:
             sample = dict(sample)
             self._intrinsics(sample, flip_width=sample["image"].shape[-1])
             sample["image"] = sample["image"].flip(-1)

@@ -119,20 +119,68 @@ class AffinityArtifacts(Callback):
 class PredictionWriter(BasePredictionWriter):
     """Per image and task: a colourized PNG for people and the raw label-space array (.npy).
 
-    Files: ``{output_dir}/{image name}/{task}.png`` and ``{task}.npy`` (semseg class ids,
-    depth metres, unit normals (3, H, W), edge probabilities).
+    Files: ``{output_dir}/{name}/{task}.png`` and ``{task}.npy`` (semseg class ids, depth metres,
+    unit normals (3, H, W), edge probabilities), each written atomically. ``name`` is the image's
+    stem, or its file name when several images share a stem (:class:`~vtagml.data.ImageFolder`).
+    Images that could not be read are skipped (with a warning) and listed with the reason in
+    ``{output_dir}/failed.txt`` at the end of the run (a stale list from an earlier run is removed).
     """
 
     def __init__(self, output_dir: str | os.PathLike = "predictions"):
         super().__init__(write_interval="batch")
         self.output_dir = Path(output_dir)
+        self._written: set[str] = set()
+
+    def on_predict_start(self, trainer, module) -> None:
+        self._written = set()
 
     def write_on_batch_end(self, trainer, module, prediction, batch_indices, batch, batch_idx, dataloader_idx=0):
+        from vtagml.data.io import atomic_write
         tasks = {t.name: t for t in module.net.tasks}
         for b, name in enumerate(prediction["name"]):
             folder = self.output_dir / str(name)
             folder.mkdir(parents=True, exist_ok=True)
             for task_name, label in prediction["labels"].items():
                 arr = label[b].detach().cpu()
-                np.save(folder / f"{task_name}.npy", arr.numpy())
-                Image.fromarray(tasks[task_name].colorize(arr)).save(folder / f"{task_name}.png")
+                rgb = tasks[task_name].colorize(arr)
+                # no fsync: os.replace alone already survives a kill, and predict writes many small files
+                atomic_write(folder / f"{task_name}.npy", lambda tmp: np.save(tmp, arr.numpy()), fsync=False)
+                atomic_write(folder / f"{task_name}.png", lambda tmp: Image.fromarray(rgb).save(tmp, format="PNG"),
+                             fsync=False)
+            self._written.add(str(name))
+
+    def on_predict_end(self, trainer, module) -> None:
+        """Lists the images of the predicted folder that got no output in ``failed.txt``."""
+        from lightning.pytorch.utilities import rank_zero_warn
+
+        from vtagml.data.image_folder import ImageFolder
+        from vtagml.data.io import atomic_write
+        written = self._written
+        if trainer.world_size > 1 and torch.distributed.is_available() and torch.distributed.is_initialized():
+            gathered: list = [None] * trainer.world_size
+            torch.distributed.all_gather_object(gathered, sorted(written))
+            written = {n for names in gathered for n in names}
+        if not trainer.is_global_zero:
+            return
+        loader = trainer.predict_dataloaders
+        dataset = getattr(loader, "dataset", None)
+        folder = getattr(dataset, "folder", dataset)
+        if not isinstance(folder, ImageFolder):
+            return
+        lines = []
+        for index, (path, name) in enumerate(zip(folder.files, folder.names)):
+            if name in written:
+                continue
+            try:
+                folder[index]
+                reason = "not predicted (the run was stopped or limited)"
+            except ValueError as err:
+                reason = str(err)
+            lines.append(f"{path}\t{reason}\n")
+        failed = self.output_dir / "failed.txt"
+        if not lines:
+            failed.unlink(missing_ok=True)
+            return
+        self.output_dir.mkdir(parents=True, exist_ok=True)
+        atomic_write(failed, lambda tmp: tmp.write_text("".join(lines)))
+        rank_zero_warn(f"{len(lines)} of {len(folder)} images got no prediction; listed in {failed}")
