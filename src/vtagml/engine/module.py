@@ -108,6 +108,31 @@ class MultitaskModule(L.LightningModule):
         self.test_losses = nn.ModuleDict({t.name: MeanMetric() for t in net.tasks})
         self._troa_batch = None
 
+    # ------------------------------------------------------------------ checkpoints
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        """Record the model's config, task names (state is checked by name on load) and backbone fingerprint."""
+        checkpoint["vtagml"] = self.net.describe()
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        """Refuse a checkpoint of other tasks and reorder per-task rows saved in another task order."""
+        saved = checkpoint.get("vtagml")
+        if saved is None:
+            rank_zero_warn("checkpoint records no task list (written by an older vtagml): loaded by position")
+            return
+        self.net.align_task_state(checkpoint["state_dict"], saved["task_names"], prefix="net.")
+
+    @classmethod
+    def load_from_checkpoint(cls, checkpoint_path, map_location=None, hparams_file=None, strict=None, **kwargs):
+        """Lightning's loader; without ``net=`` the model is rebuilt from the config the checkpoint
+        records (its weights, backbone included, come from the checkpoint)."""
+        if "net" not in kwargs:
+            ckpt = torch.load(checkpoint_path, map_location="cpu", weights_only=True)
+            if "vtagml" not in ckpt:
+                raise ValueError(f"{checkpoint_path} records no model config (older vtagml): pass net=")
+            kwargs["net"] = VTAGML.from_config(ckpt["vtagml"]["config"], pretrained=False, checkpoint_path=None)
+        return super().load_from_checkpoint(checkpoint_path, map_location=map_location, hparams_file=hparams_file,
+                                            strict=strict, **kwargs)
+
     # ------------------------------------------------------------------ training
     def _global_scales(self, counts: Tensor) -> Tensor | None:
         """Per-task factors that turn local pixel means into global ones under DDP (None: one process).

@@ -13,9 +13,12 @@
 from __future__ import annotations
 
 import copy
+import hashlib
+import json
 import os
 from dataclasses import dataclass
-from typing import Iterator, Sequence
+from pathlib import Path
+from typing import Any, Iterator, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -27,7 +30,10 @@ from vtagml.layers import TaskEmbeddings
 from vtagml.models.adapter_layer import AdapterLayer
 from vtagml.models.backbone import create_backbone, split_swin
 from vtagml.models.decoders import DECODERS, TaskHead
-from vtagml.tasks import Task, build_tasks
+from vtagml.tasks import Task, build_tasks, task_from_spec
+
+#: Files of a saved model directory (:meth:`VTAGML.save_adapters`).
+CONFIG_FILE, WEIGHTS_FILE = "config.json", "adapters.safetensors"
 
 
 @dataclass
@@ -65,7 +71,7 @@ class VTAGML(nn.Module):
         backbone_kwargs: timm architecture overrides (``embed_dim``, ``depths``, ``num_heads``,
             ``window_size``) for a custom small Swin.
         adapt_last_k: blocks of the second-to-last stage that are adapted (the last stage always is).
-        embed_dim: task embedding size d (default: window side cubed, 343 for windows of 7).
+        embed_dim: task embedding size d (paper: 343 = 7 * 49; a width, whatever the window).
         use_taa, use_tsn, use_bottleneck: ablation switches.
         bottleneck_reduction: r, bottleneck width C / r.
         taa_block_size: m, the TAA block side (default: the window side).
@@ -86,7 +92,7 @@ class VTAGML(nn.Module):
         checkpoint_path: str | os.PathLike | None = None,
         backbone_kwargs: dict | None = None,
         adapt_last_k: int = 4,
-        embed_dim: int | None = None,
+        embed_dim: int = 343,
         use_taa: bool = True,
         use_tsn: bool = True,
         use_bottleneck: bool = True,
@@ -99,6 +105,7 @@ class VTAGML(nn.Module):
         image_skip_stride: int = 2,
     ):
         super().__init__()
+        tasks = [task_from_spec(t) if isinstance(t, dict) else t for t in tasks]
         self.tasks: list[Task] = build_tasks(tasks, num_classes=num_classes)
         if not self.tasks:
             raise ValueError("VTAGML needs at least one task")
@@ -117,7 +124,9 @@ class VTAGML(nn.Module):
                                         head=split.trunk_head))
         self.trunk.requires_grad_(False)
 
-        self.embed_dim = embed_dim or net.layers[-2].blocks[0].window_size[1] ** 3  # paper: 7 * 49
+        if embed_dim < 1:
+            raise ValueError(f"embed_dim must be >= 1, got {embed_dim}")
+        self.embed_dim = embed_dim
         self.embeddings = TaskEmbeddings(len(self.tasks), self.embed_dim)
         layer_kw = dict(cond_dim=self.embed_dim, use_taa=use_taa, use_tsn=use_tsn, use_bottleneck=use_bottleneck,
                         bottleneck_reduction=bottleneck_reduction, taa_block_size=taa_block_size)
@@ -152,7 +161,114 @@ class VTAGML(nn.Module):
         self.heads = nn.ModuleDict({t.name: TaskHead(template.out_channels, t.channels) for t in self.tasks})
         for t in self.tasks:
             t.init_head(self.heads[t.name].conv)
+        #: every constructor argument, JSON-ready (tasks as specs): rebuilds this model with :meth:`from_config`
+        self.config = dict(
+            backbone=backbone, tasks=[t.spec() for t in self.tasks], num_classes=num_classes,
+            img_size=list(img_size) if isinstance(img_size, (tuple, list)) else img_size, pretrained=pretrained,
+            checkpoint_path=None if checkpoint_path is None else str(checkpoint_path),
+            backbone_kwargs=dict(backbone_kwargs or {}), adapt_last_k=adapt_last_k, embed_dim=self.embed_dim,
+            use_taa=use_taa, use_tsn=use_tsn, use_bottleneck=use_bottleneck, bottleneck_reduction=bottleneck_reduction,
+            taa_block_size=taa_block_size, train_adapted_blocks=train_adapted_blocks, decoder=decoder,
+            decoder_channels=decoder_channels, shared_decoder=shared_decoder, image_skip_stride=image_skip_stride)
         self.train()
+
+    # ------------------------------------------------------------------ identity and persistence
+    @classmethod
+    def from_config(cls, config: dict[str, Any], **overrides) -> "VTAGML":
+        """A model from :attr:`config` (e.g. ``overrides`` pointing the backbone at local weights)."""
+        return cls(**{**config, **overrides})
+
+    def backbone_fingerprint(self) -> str:
+        """SHA-256 of the frozen backbone weights (trunk and, unless trained, the adapted blocks'
+        pretrained weights): adapters trained on one backbone refuse another."""
+        h = hashlib.sha256()
+        named = list(self.trunk.named_parameters())
+        if not self.train_adapted_blocks:
+            named += [(f"branch.{i}", p) for i, p in enumerate(self._pretrained_branch_parameters())]
+        for name, p in named:
+            t = p.detach().cpu().contiguous()
+            h.update(f"{name}:{t.dtype}:{tuple(t.shape)};".encode())
+            h.update(t.view(torch.uint8).numpy().tobytes())
+        return h.hexdigest()
+
+    def describe(self) -> dict[str, Any]:
+        """What a checkpoint records about this model: config, task names, backbone fingerprint, version."""
+        from vtagml import __version__
+        return {"config": self.config, "task_names": list(self.task_names),
+                "backbone_fingerprint": self.backbone_fingerprint(), "vtagml_version": __version__}
+
+    def align_task_state(self, state: dict[str, Tensor], saved_task_names: Sequence[str], prefix: str = "") -> None:
+        """Reorder, in place, the per-task rows of ``state`` saved with ``saved_task_names`` into this
+        model's task order (task embeddings and TROA buffers are stored by position; decoders and
+        heads by name). A different task set is refused, naming the tasks."""
+        saved = list(saved_task_names)
+        if sorted(saved) != sorted(self.task_names):
+            missing = [t for t in self.task_names if t not in saved]
+            extra = [t for t in saved if t not in self.task_names]
+            raise ValueError(f"saved state is for tasks {saved}, this model has {self.task_names}: "
+                             f"missing {missing}, unexpected {extra}")
+        if saved == self.task_names:
+            return
+        order = torch.tensor([saved.index(t) for t in self.task_names])
+        for key in (f"{prefix}embeddings.weight",):
+            if key in state:
+                state[key] = state[key][order]
+        for name, _ in self.troa.named_buffers():
+            key = f"{prefix}troa.{name}"
+            if key in state:
+                state[key] = state[key][order][:, order]
+
+    def save_adapters(self, directory: str | os.PathLike) -> Path:
+        """Write the trained model as a directory: ``config.json`` (every constructor argument, task
+        specs, backbone name and fingerprint, library version) and ``adapters.safetensors`` (the
+        trained tensors). :meth:`from_adapters` rebuilds the model from it and a copy of the backbone."""
+        from safetensors.torch import save_file
+
+        from vtagml.data.io import atomic_write
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        state = {k: v.detach().cpu().contiguous() for k, v in self.trainable_state_dict().items()}
+        atomic_write(directory / WEIGHTS_FILE, lambda tmp: save_file(state, str(tmp)))
+        text = json.dumps(self.describe(), indent=2)
+        atomic_write(directory / CONFIG_FILE, lambda tmp: Path(tmp).write_text(text))
+        return directory
+
+    @classmethod
+    def from_adapters(cls, directory: str | os.PathLike, checkpoint_path: str | os.PathLike | None = None,
+                      pretrained: bool | None = None, **overrides) -> "VTAGML":
+        """Rebuild a model saved by :meth:`save_adapters`.
+
+        Args:
+            directory: the saved model directory.
+            checkpoint_path, pretrained: where the frozen backbone comes from (default: as saved).
+            overrides: other constructor arguments to change (architecture changes will not load).
+
+        Raises:
+            ValueError: when the backbone's fingerprint differs from the one the adapters were trained on.
+        """
+        from safetensors.torch import load_file
+        directory = Path(directory)
+        config_path, weights_path = directory / CONFIG_FILE, directory / WEIGHTS_FILE
+        for path in (config_path, weights_path):
+            if not path.is_file():
+                raise FileNotFoundError(f"{path} not found: not a directory written by VTAGML.save_adapters")
+        saved = json.loads(config_path.read_text())
+        backbone = {}
+        if checkpoint_path is not None or pretrained is not None:
+            backbone = dict(checkpoint_path=None if checkpoint_path is None else str(checkpoint_path),
+                            pretrained=bool(pretrained))
+        model = cls.from_config(saved["config"], **backbone, **overrides)
+        fingerprint = model.backbone_fingerprint()
+        if fingerprint != saved["backbone_fingerprint"]:
+            raise ValueError(
+                f"{directory}: the adapters were trained on backbone {saved['config']['backbone']!r} with weights "
+                f"fingerprint {saved['backbone_fingerprint'][:16]}..., but the backbone loaded now "
+                f"({model.config['checkpoint_path'] or ('pretrained' if model.config['pretrained'] else 'random init')})"
+                f" has {fingerprint[:16]}...; pass the backbone weights they were trained on")
+        state = load_file(str(weights_path))
+        model.align_task_state(state, saved["task_names"])
+        model.load_trainable_state_dict(state)
+        return model
 
     # ------------------------------------------------------------------ parameters
     def _pretrained_branch_parameters(self) -> Iterator[nn.Parameter]:

@@ -16,7 +16,10 @@ need about one dense prediction target, so that adding a task is one object:
 
 from __future__ import annotations
 
-from typing import Callable
+import functools
+import importlib
+import inspect
+from typing import Any, Callable
 
 import numpy as np
 import torch
@@ -29,6 +32,29 @@ class Task:
     kind: str = "dense"
     #: key of the metric that ranks models (first in ``build_metrics``)
     primary_metric: str = ""
+
+    def __init_subclass__(cls, **kwargs):
+        """Record every task's constructor arguments (outermost call), so :meth:`spec` can rebuild it."""
+        super().__init_subclass__(**kwargs)
+        init = cls.__dict__.get("__init__")
+        if init is None:
+            return
+
+        @functools.wraps(init)
+        def recording_init(self, *args, **kw):
+            if not hasattr(self, "_init_args"):
+                bound = inspect.signature(init).bind(self, *args, **kw)
+                bound.apply_defaults()
+                self._init_args = {k: v for k, v in bound.arguments.items() if k != "self"}
+            init(self, *args, **kw)
+
+        cls.__init__ = recording_init
+
+    def spec(self) -> dict[str, Any]:
+        """``{"class_path": ..., "init_args": {...}}``: what :func:`task_from_spec` rebuilds this task from
+        (the form LightningCLI configs use). Arguments must be plain values (JSON-serializable)."""
+        cls = type(self)
+        return {"class_path": f"{cls.__module__}.{cls.__qualname__}", "init_args": dict(getattr(self, "_init_args", {}))}
 
     def __init__(self, name: str, channels: int, weight: float = 1.0):
         if channels < 1:
@@ -96,6 +122,18 @@ class Task:
         x = label.detach().float().cpu()
         x = x[0] if x.dim() == 3 else x
         return (x.clamp(0, 1).numpy()[..., None].repeat(3, -1) * 255).round().astype(np.uint8)
+
+
+def task_from_spec(spec: dict[str, Any]) -> Task:
+    """The task described by :meth:`Task.spec` (its class is imported by path)."""
+    try:
+        module, _, name = spec["class_path"].rpartition(".")
+        cls = getattr(importlib.import_module(module), name)
+    except (KeyError, ImportError, AttributeError, ValueError) as err:
+        raise ValueError(f"cannot rebuild task from {spec!r}: {err}") from err
+    if not (isinstance(cls, type) and issubclass(cls, Task)):
+        raise ValueError(f"{spec['class_path']!r} is not a vtagml Task class")
+    return cls(**spec.get("init_args", {}))
 
 
 TaskFactory = Callable[..., Task]

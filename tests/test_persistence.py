@@ -1,0 +1,122 @@
+"""A trained model is a directory (config + adapters), checkpoints carry the task list, config and
+backbone fingerprint, and state is matched by task name, never by position."""
+
+import json
+
+import pytest
+import torch
+from safetensors.torch import save_file
+
+from tests.conftest import TINY_SWIN
+from tests.test_model import randomize_adapters
+from vtagml import VTAGML
+from vtagml.engine.module import MultitaskModule
+from vtagml.models.backbone import create_backbone
+from vtagml.tasks import Depth, task_from_spec
+
+TASKS = ("semseg", "depth", "normals", "edges")
+
+
+def make(checkpoint, tasks=TASKS, **kw):
+    torch.manual_seed(0)
+    return VTAGML(TINY_SWIN["name"], tasks=tasks, num_classes=6, img_size=64, checkpoint_path=checkpoint,
+                  backbone_kwargs=TINY_SWIN["kwargs"], adapt_last_k=2, embed_dim=8, decoder_channels=16, **kw)
+
+
+def trained(checkpoint, tasks=TASKS):
+    """A model whose per-task state differs across tasks (as after training)."""
+    net = make(checkpoint, tasks).eval()
+    randomize_adapters(net, seed=5)
+    g = torch.Generator().manual_seed(7)
+    with torch.no_grad():
+        for p in net.parameters():
+            if p.requires_grad:
+                p.add_(torch.randn(p.shape, generator=g) * 0.05)
+        t = len(tasks)
+        a = torch.eye(t) + 0.3 * torch.rand(t, t, generator=g)
+        net.troa.affinity.copy_(a.fill_diagonal_(1.0))
+        net.troa.counts.fill_(3.0)
+    return net
+
+
+def predict(net, x):
+    with torch.no_grad():
+        return net.eval()(x)
+
+
+def test_task_specs_round_trip():
+    task = Depth(name="depth_zbuffer", weight=2.5, loss="log_l1", typical_depth=4.0)
+    spec = json.loads(json.dumps(task.spec()))
+    again = task_from_spec(spec)
+    assert type(again) is Depth and again.spec() == task.spec() and again.weight == 2.5
+    with pytest.raises(ValueError, match="not a vtagml Task"):
+        task_from_spec({"class_path": "torch.nn.Linear", "init_args": {}})
+
+
+def test_directory_round_trip_gives_identical_outputs(tmp_path, tiny_checkpoint):
+    net = trained(tiny_checkpoint)
+    net.save_adapters(tmp_path / "model")
+    saved = json.loads((tmp_path / "model" / "config.json").read_text())
+    assert saved["task_names"] == list(TASKS) and saved["config"]["backbone"] == TINY_SWIN["name"]
+    assert saved["config"]["embed_dim"] == 8 and len(saved["backbone_fingerprint"]) == 64
+    assert "vtagml_version" in saved
+    again = VTAGML.from_adapters(tmp_path / "model", checkpoint_path=tiny_checkpoint)
+    x = torch.rand(2, 3, 64, 64)
+    a, b = predict(net, x), predict(again, x)
+    for k in TASKS:
+        assert torch.equal(a[k], b[k]), k
+    assert torch.equal(again.task_affinity(), net.task_affinity())
+
+
+def test_from_adapters_refuses_another_backbone(tmp_path, tiny_checkpoint):
+    trained(tiny_checkpoint).save_adapters(tmp_path / "model")
+    torch.manual_seed(99)
+    other = create_backbone(TINY_SWIN["name"], 64, **TINY_SWIN["kwargs"])  # same architecture, other weights
+    path = tmp_path / "other.safetensors"
+    save_file({k: v.contiguous() for k, v in other.state_dict().items()}, str(path))
+    with pytest.raises(ValueError, match="fingerprint"):
+        VTAGML.from_adapters(tmp_path / "model", checkpoint_path=path)
+    with pytest.raises(FileNotFoundError, match="config.json"):
+        VTAGML.from_adapters(tmp_path / "nothing")
+
+
+def test_reordered_tasks_load_by_name(tmp_path, tiny_checkpoint):
+    net = trained(tiny_checkpoint)
+    net.save_adapters(tmp_path / "model")
+    state = {"net." + k: v for k, v in net.state_dict().items()}
+    reordered = make(tiny_checkpoint, tasks=tuple(reversed(TASKS)))
+    reordered.align_task_state(state, TASKS, prefix="net.")
+    reordered.load_state_dict({k[4:]: v for k, v in state.items()})
+    x = torch.rand(1, 3, 64, 64)
+    a, b = predict(net, x), predict(reordered, x)
+    for k in TASKS:  # same per-task state; sums over tasks (alpha @ E) run in another order
+        torch.testing.assert_close(a[k], b[k], rtol=1e-4, atol=1e-4, msg=k)
+    i, j = TASKS.index("depth"), TASKS.index("edges")
+    r = reordered.task_names
+    assert reordered.task_affinity()[r.index("depth"), r.index("edges")] == net.task_affinity()[i, j]
+    with pytest.raises(ValueError, match=r"missing \['reshading'\]"):
+        make(tiny_checkpoint, tasks=("semseg", "depth", "normals", "reshading")).align_task_state(
+            state, TASKS, prefix="net.")
+
+
+def test_lightning_checkpoint_records_model_and_loads_without_net(tmp_path, tiny_checkpoint):
+    import lightning as L
+    net = trained(tiny_checkpoint)
+    module = MultitaskModule(net, lr=1e-3)
+    trainer = L.Trainer(accelerator="cpu", logger=False, enable_progress_bar=False, enable_model_summary=False,
+                        max_steps=0)
+    trainer.strategy.connect(module)
+    trainer.save_checkpoint(tmp_path / "m.ckpt")
+    ckpt = torch.load(tmp_path / "m.ckpt", weights_only=True)
+    assert ckpt["vtagml"]["task_names"] == list(TASKS)
+    assert ckpt["vtagml"]["backbone_fingerprint"] == net.backbone_fingerprint()
+    loaded = MultitaskModule.load_from_checkpoint(tmp_path / "m.ckpt")
+    x = torch.rand(1, 3, 64, 64)
+    a, b = predict(net, x), predict(loaded.net, x)
+    for k in TASKS:
+        assert torch.equal(a[k], b[k]), k
+    # the same checkpoint into a model that lists the tasks in another order
+    other = MultitaskModule.load_from_checkpoint(tmp_path / "m.ckpt", net=make(tiny_checkpoint, tasks=TASKS[::-1]))
+    c = predict(other.net, x)
+    for k in TASKS:
+        torch.testing.assert_close(a[k], c[k], rtol=1e-4, atol=1e-4, msg=k)
