@@ -238,3 +238,63 @@ def test_demo_config_matches_the_demo():
     data = cfg["data"]["init_args"]
     assert data["batch_size"] == dm.batch_size and data["train_samples"] == dm.sizes["train"]
     assert data["tasks"] == dm.tasks
+
+
+def test_images_as_uint8_or_out_of_range_floats(tiny_checkpoint):
+    net = tiny_module(tiny_checkpoint).net.eval()
+    pixels = torch.randint(0, 256, (1, 3, 64, 64), dtype=torch.uint8)
+    with torch.no_grad():
+        a, b = net(pixels), net(pixels.float() / 255)
+    for k in TASKS:
+        torch.testing.assert_close(a[k], b[k], rtol=0, atol=0, msg=k)
+    with pytest.raises(ValueError, match=r"\[0, 1\].*got values in \[0, 255\]"):
+        net(pixels.float())
+    with pytest.raises(ValueError, match="dtype"):
+        net(pixels.long())
+    nan = pixels.float() / 255
+    nan[0, 1, 2, 3] = float("nan")
+    with pytest.raises(ValueError, match="nan"):
+        net(nan)
+
+
+class NaNPixelOnStep(Callback):
+    """Puts one NaN edge label (edges have no invalid pixels) into the batch of training step ``step``."""
+
+    def __init__(self, step):
+        self.step = step
+
+    def on_train_batch_start(self, trainer, module, batch, batch_idx):
+        if trainer.global_step == self.step:
+            batch["edges"][0, 0, 3, 5] = float("nan")
+
+
+def test_non_finite_loss_stops_training_before_the_weights_change(tmp_path, tiny_checkpoint):
+    module = tiny_module(tiny_checkpoint)
+    t = trainer(tmp_path, max_steps=4, enable_checkpointing=False, limit_val_batches=0, callbacks=[NaNPixelOnStep(1)])
+    before = {}
+
+    class Snapshot(Callback):
+        def on_train_batch_start(self, trainer, module, batch, batch_idx):
+            if trainer.global_step == 1:
+                before.update({n: p.detach().clone() for n, p in module.net.named_parameters() if p.requires_grad})
+
+    t.callbacks.append(Snapshot())
+    with pytest.raises(FloatingPointError, match=r"task\(s\) \['edges'\] at step 1"):
+        t.fit(module, tiny_data())
+    for n, p in module.net.named_parameters():
+        if p.requires_grad:
+            assert torch.equal(p, before[n]), n
+    assert torch.isfinite(module.net.task_affinity()).all()
+
+
+def test_fine_tuned_trunk_trains_with_troa(tmp_path, tiny_checkpoint):
+    """The mtl-ft setting: the trunk trains too (still run once), TROA still reads branch gradients."""
+    net = VTAGML(TINY_SWIN["name"], tasks=TASKS, num_classes=6, img_size=64, checkpoint_path=tiny_checkpoint,
+                 backbone_kwargs=TINY_SWIN["kwargs"], adapt_last_k=2, embed_dim=8, decoder_channels=16,
+                 train_trunk=True, train_adapted_blocks=True)
+    module = MultitaskModule(net, lr=5e-3)
+    trunk = net.trunk["patch_embed"].proj.weight.clone()
+    trainer(tmp_path, max_steps=2, enable_checkpointing=False, limit_val_batches=0).fit(module, tiny_data())
+    assert not torch.equal(net.trunk["patch_embed"].proj.weight, trunk)
+    assert torch.all(net.troa.counts == 2) and not torch.equal(net.task_affinity(), torch.eye(4))
+    assert net.parameter_report()["trunk"]["frozen"] == 0

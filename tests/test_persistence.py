@@ -120,3 +120,74 @@ def test_lightning_checkpoint_records_model_and_loads_without_net(tmp_path, tiny
     c = predict(other.net, x)
     for k in TASKS:
         torch.testing.assert_close(a[k], c[k], rtol=1e-4, atol=1e-4, msg=k)
+
+
+def test_add_task_keeps_existing_outputs_bit_identical_and_trains_only_the_new_task(tmp_path, tiny_checkpoint):
+    from vtagml.data import SyntheticScenes, collate_multitask
+    from vtagml.engine.module import branch_inputs, task_losses
+    net = trained(tiny_checkpoint)
+    x = torch.rand(2, 3, 64, 64)
+    before = predict(net, x)
+    state = {k: v.clone() for k, v in net.trainable_state_dict().items()}
+    task = net.add_task("depth_zbuffer")
+    assert net.task_names[-1] == "depth_zbuffer" and net.config["tasks"][-1]["init_args"]["name"] == "depth_zbuffer"
+    assert torch.equal(net.decoders["depth_zbuffer"].state_dict()["lateral.0.weight"],
+                       net.decoder_init.state_dict()["lateral.0.weight"])  # starts at theta_0
+    handle = net.train_only(task.name)
+    trainable = {n for n, p in net.named_parameters() if p.requires_grad}
+    assert trainable and all(n.startswith(("decoders.depth_zbuffer.", "heads.depth_zbuffer.", "embeddings."))
+                             for n in trainable)
+    opt = torch.optim.AdamW([p for p in net.parameters() if p.requires_grad], lr=1e-2, weight_decay=0.0)
+    ds = SyntheticScenes(split="train", size=64, num_samples=2, tasks=["depth_zbuffer"])
+    batch = collate_multitask([ds[0], ds[1]])
+    net.train()
+    for _ in range(2):
+        enc = net.encode(batch["image"])
+        preds = net.forward_branches(enc, range(5), branch_inputs(enc.z, 5))
+        loss = sum(task_losses(net.tasks, preds, batch).values())
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    handle.remove()
+    with torch.no_grad():
+        after = net.eval()(x, tasks=list(TASKS))  # the same task-batched call as before the task was added
+        new = net(x, tasks=["depth_zbuffer"])["depth_zbuffer"]
+    for k in TASKS:
+        assert torch.equal(before[k], after[k]), k
+    for k, v in state.items():
+        if k.startswith("embeddings."):
+            assert torch.equal(net.embeddings.weight[:4], v), k
+        elif k.startswith("troa."):
+            assert torch.equal(getattr(net.troa, k[5:])[:4, :4], v), k
+        else:
+            assert torch.equal(net.state_dict()[k], v), k
+    assert not torch.equal(net.decoders["depth_zbuffer"].state_dict()["lateral.0.weight"],
+                           net.decoder_init.state_dict()["lateral.0.weight"])
+    assert new.shape == (2, 1, 64, 64)
+    # the grown model is a directory like any other
+    net.save_adapters(tmp_path / "grown")
+    again = VTAGML.from_adapters(tmp_path / "grown", checkpoint_path=tiny_checkpoint)
+    assert again.task_names == [*TASKS, "depth_zbuffer"]
+    with torch.no_grad():
+        torch.testing.assert_close(again.eval()(x, tasks=["depth_zbuffer"])["depth_zbuffer"], new, rtol=0, atol=0)
+
+
+def test_zero_shot_composition_of_embeddings_decoders_and_heads(tiny_checkpoint):
+    net = trained(tiny_checkpoint)
+    e = net.embeddings.weight.detach().clone()
+    theta0 = net.decoder_init.state_dict()["lateral.0.weight"]
+    dec = {n: net.decoders[n].state_dict()["lateral.0.weight"] for n in TASKS}
+    net.add_task("depth_zbuffer", composition={"depth": 3.0, "normals": 1.0})
+    torch.testing.assert_close(net.embeddings.weight[-1], 0.75 * e[1] + 0.25 * e[2])
+    torch.testing.assert_close(net.decoders["depth_zbuffer"].state_dict()["lateral.0.weight"],
+                               theta0 + 0.75 * (dec["depth"] - theta0) + 0.25 * (dec["normals"] - theta0))
+    # the head comes from the known heads of the same kind only (depth), renormalized
+    assert torch.equal(net.heads["depth_zbuffer"].conv.weight, net.heads["depth"].conv.weight)
+    alpha = net.conditioning_weights()
+    torch.testing.assert_close(alpha[-1], torch.eye(5)[-1])  # c_n = E_n: the composition
+    with pytest.raises(ValueError, match="same kind"):
+        net.add_task("edges_occlusion", composition={"depth": 1.0})
+    with pytest.raises(KeyError, match="reshading"):
+        net.add_task("edges_occlusion", composition={"reshading": 1.0})
+    with pytest.raises(ValueError, match="already has"):
+        net.add_task("depth")

@@ -176,6 +176,13 @@ class TaskAffinity(nn.Module):
             raise ValueError(f"TROA exact_samples must be >= 1, got {exact_samples}")
         self.momentum, self.step_size, self.exact_samples = float(momentum), float(step_size), int(exact_samples)
 
+    def add_task(self) -> None:
+        """Grow by one task with the identity prior (unmeasured): other tasks' alpha is unchanged."""
+        t = self.num_tasks
+        affinity, counts = torch.eye(t + 1).to(self.affinity), torch.zeros(t + 1, t + 1).to(self.counts)
+        affinity[:t, :t], counts[:t, :t] = self.affinity, self.counts
+        self.affinity, self.counts, self.num_tasks = affinity, counts, t + 1
+
     def conditioning_weights(self) -> Tensor:
         """(T, T) mixing weights alpha of task embeddings (rows sum to 1)."""
         return conditioning_weights(self.affinity)

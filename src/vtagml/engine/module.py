@@ -52,8 +52,14 @@ def task_losses(tasks: Sequence[Task], preds: dict[str, Tensor], batch: dict) ->
 
 
 def branch_inputs(z: Tensor, num_tasks: int) -> Tensor:
-    """Leaf copies of z for ``num_tasks`` branches, task-major (T*B, ...), requiring grad."""
-    return z.detach().repeat(num_tasks, *([1] * (z.dim() - 1))).requires_grad_(True)
+    """Copies of z for ``num_tasks`` branches, task-major (T*B, ...), whose ``.grad`` holds each
+    branch's gradient after the backward: leaf copies for a frozen trunk; for a trained trunk,
+    copies that keep their history (and retain their gradient) so the trunk still trains."""
+    z_all = z.repeat(num_tasks, *([1] * (z.dim() - 1)))
+    if z_all.requires_grad:
+        z_all.retain_grad()
+        return z_all
+    return z_all.requires_grad_(True)
 
 
 def sub_batch(enc: Encoded, batch: dict, n: int) -> tuple[Encoded, dict]:
@@ -134,18 +140,21 @@ class MultitaskModule(L.LightningModule):
                                             strict=strict, **kwargs)
 
     # ------------------------------------------------------------------ training
-    def _global_scales(self, counts: Tensor) -> Tensor | None:
-        """Per-task factors that turn local pixel means into global ones under DDP (None: one process).
+    def _step_statistics(self, counts: Tensor, losses: Tensor) -> tuple[Tensor | None, Tensor]:
+        """Per-task loss scales under DDP (None on one process) and non-finite flags of every process.
 
         DDP averages gradients over processes, so a local mean scaled by ``n_local * W / N_global``
         gives the gradient of the global-batch mean: a process with fewer (or no) labels of a
         task weighs in by its share. One fixed-shape all-reduce, on every process.
         """
+        bad = (~torch.isfinite(losses.detach())).double()
         world = self.trainer.world_size if self._trainer is not None else 1
         if world == 1:
-            return None
-        total = self.trainer.strategy.reduce(counts.double(), reduce_op="sum")
-        return torch.where(total > 0, counts.double() * world / total.clamp_min(1), torch.zeros_like(total))
+            return None, bad
+        total = self.trainer.strategy.reduce(torch.cat([counts.double(), bad]), reduce_op="sum")
+        counts_all, bad = total[: len(counts)], total[len(counts):]
+        scales = torch.where(counts_all > 0, counts.double() * world / counts_all.clamp_min(1), torch.zeros_like(bad))
+        return scales, bad
 
     def training_step(self, batch: dict, batch_idx: int) -> Tensor:
         tasks = self.net.tasks
@@ -154,7 +163,7 @@ class MultitaskModule(L.LightningModule):
         preds = self.net.forward_branches(enc, range(len(tasks)), z_all)
         losses = task_losses(tasks, preds, batch)
         counts = label_counts(tasks, batch)
-        scales = self._global_scales(counts)
+        scales, self._nonfinite = self._step_statistics(counts, torch.stack(list(losses.values())))
         if scales is not None:
             losses = {k: v * scales[i].to(v) for i, (k, v) in enumerate(losses.items())}
         if batch_idx == 0 and not bool(counts.any()):
@@ -168,9 +177,30 @@ class MultitaskModule(L.LightningModule):
             self._troa_batch = (enc, z_all, counts > 0, batch)
         return total
 
-    def _grad_scale(self) -> float:
+    def _scaler(self):
+        """The enabled fp16 GradScaler of the precision plugin, if any."""
         scaler = getattr(self.trainer.precision_plugin, "scaler", None) if self._trainer is not None else None
-        return float(scaler.get_scale()) if scaler is not None and scaler.is_enabled() else 1.0
+        return scaler if scaler is not None and scaler.is_enabled() else None
+
+    def _grad_scale(self) -> float:
+        scaler = self._scaler()
+        return float(scaler.get_scale()) if scaler is not None else 1.0
+
+    def on_before_optimizer_step(self, optimizer) -> None:
+        """A non-finite task loss never reaches the weights: training stops with the step and the
+        task named. Under fp16 mixed precision the GradScaler skips such a step instead (and lowers
+        its scale), as it does for any overflow."""
+        bad = getattr(self, "_nonfinite", None)
+        self._nonfinite = None
+        if bad is None or not bool(bad.any()):
+            return
+        names = [n for n, b in zip(self.net.task_names, bad.tolist()) if b > 0]
+        if self._scaler() is not None:
+            rank_zero_warn(f"step {self.global_step}: non-finite loss of task(s) {names}; the fp16 GradScaler skips it")
+            return
+        raise FloatingPointError(
+            f"non-finite loss of task(s) {names} at step {self.global_step} (epoch {self.current_epoch}); the "
+            f"weights were not updated. Check this batch's images and labels (`vtagml data check`) or lower the lr.")
 
     def on_after_backward(self) -> None:
         if self._troa_batch is None:

@@ -53,6 +53,39 @@ class Encoded:
     size: tuple[int, int]
 
 
+def _frozen_copy(module: nn.Module) -> nn.Module:
+    """A copy of ``module`` whose parameters are buffers (state, never trained or counted as parameters)."""
+    module = copy.deepcopy(module)
+    for m in module.modules():
+        for name, p in list(m._parameters.items()):
+            if p is not None:
+                del m._parameters[name]
+                m.register_buffer(name, p.detach().clone())
+    return module
+
+
+def _composition_weights(weights: dict[str, float], known: Sequence[str]) -> dict[str, float]:
+    """Non-negative weights over known task names, L1-normalized (a clear error otherwise)."""
+    unknown = [n for n in weights if n not in known]
+    if unknown:
+        raise KeyError(f"composition names unknown task(s) {unknown}; the model knows {list(known)}")
+    if any(a < 0 for a in weights.values()) or sum(weights.values()) <= 0:
+        raise ValueError(f"composition weights must be >= 0 with a positive sum, got {weights}")
+    total = float(sum(weights.values()))
+    return {n: float(a) / total for n, a in weights.items() if a > 0}
+
+
+@torch.no_grad()
+def _compose_into(target: nn.Module, init: nn.Module, sources: Sequence[nn.Module], weights: Sequence[float]) -> None:
+    """Task-vector composition: ``target = init + sum_j w_j (source_j - init)``, tensor by tensor."""
+    base = init.state_dict()
+    parts = [s.state_dict() for s in sources]
+    for name, tensor in target.state_dict().items():
+        if not tensor.is_floating_point():
+            continue
+        tensor.copy_(base[name] + sum(w * (p[name] - base[name]) for w, p in zip(weights, parts)))
+
+
 def _nchw(x: Tensor) -> Tensor:
     """NHWC (timm Swin's layout) -> NCHW (the decoders' layout). The one conversion point."""
     return x.permute(0, 3, 1, 2)
@@ -76,6 +109,8 @@ class VTAGML(nn.Module):
         bottleneck_reduction: r, bottleneck width C / r.
         taa_block_size: m, the TAA block side (default: the window side).
         train_adapted_blocks: also train the adapted blocks' pretrained weights.
+        train_trunk: also train the trunk (with ``train_adapted_blocks``: the whole backbone is
+            fine-tuned, the ``mtl-ft`` baseline). The trunk still runs once per image.
         decoder: ``"fpn"`` or ``"swin_unet"``.
         decoder_channels: decoder width.
         shared_decoder: one decoder for all tasks, FiLM-conditioned on c_t, instead of one per task.
@@ -99,6 +134,7 @@ class VTAGML(nn.Module):
         bottleneck_reduction: int = 4,
         taa_block_size: int | None = None,
         train_adapted_blocks: bool = False,
+        train_trunk: bool = False,
         decoder: str = "fpn",
         decoder_channels: int = 64,
         shared_decoder: bool = False,
@@ -112,7 +148,7 @@ class VTAGML(nn.Module):
         self.task_names = [t.name for t in self.tasks]
         if decoder not in DECODERS:
             raise ValueError(f"unknown decoder {decoder!r}; choose from {sorted(DECODERS)}")
-        self.train_adapted_blocks = train_adapted_blocks
+        self.train_adapted_blocks, self.train_trunk = train_adapted_blocks, train_trunk
 
         net = create_backbone(backbone, img_size, pretrained, checkpoint_path, **(backbone_kwargs or {}))
         cfg = resolve_model_data_config(net)
@@ -122,7 +158,7 @@ class VTAGML(nn.Module):
         self.channels, self.reductions = split.channels, split.reductions
         self.trunk = nn.ModuleDict(dict(patch_embed=split.patch_embed, stages=split.trunk_stages,
                                         head=split.trunk_head))
-        self.trunk.requires_grad_(False)
+        self.trunk.requires_grad_(train_trunk)
 
         if embed_dim < 1:
             raise ValueError(f"embed_dim must be >= 1, got {embed_dim}")
@@ -155,9 +191,10 @@ class VTAGML(nn.Module):
             nn.init.zeros_(self.decoder_film.weight)
             nn.init.zeros_(self.decoder_film.bias)
         else:
-            # every task starts from the same decoder weights (theta_0), so decoders can be
-            # composed as task vectors theta_0 + sum_j a_j (theta_j - theta_0)
+            # every task starts from the same decoder weights theta_0, kept (as buffers) so that
+            # decoders compose as task vectors theta_0 + sum_j a_j (theta_j - theta_0) and new tasks start there
             self.decoders = nn.ModuleDict({t.name: copy.deepcopy(template) for t in self.tasks})
+            self.decoder_init = _frozen_copy(template)
         self.heads = nn.ModuleDict({t.name: TaskHead(template.out_channels, t.channels) for t in self.tasks})
         for t in self.tasks:
             t.init_head(self.heads[t.name].conv)
@@ -168,7 +205,7 @@ class VTAGML(nn.Module):
             checkpoint_path=None if checkpoint_path is None else str(checkpoint_path),
             backbone_kwargs=dict(backbone_kwargs or {}), adapt_last_k=adapt_last_k, embed_dim=self.embed_dim,
             use_taa=use_taa, use_tsn=use_tsn, use_bottleneck=use_bottleneck, bottleneck_reduction=bottleneck_reduction,
-            taa_block_size=taa_block_size, train_adapted_blocks=train_adapted_blocks, decoder=decoder,
+            taa_block_size=taa_block_size, train_adapted_blocks=train_adapted_blocks, train_trunk=train_trunk, decoder=decoder,
             decoder_channels=decoder_channels, shared_decoder=shared_decoder, image_skip_stride=image_skip_stride)
         self.train()
 
@@ -182,12 +219,9 @@ class VTAGML(nn.Module):
         """SHA-256 of the frozen backbone weights (trunk and, unless trained, the adapted blocks'
         pretrained weights): adapters trained on one backbone refuse another."""
         h = hashlib.sha256()
-        named = list(self.trunk.named_parameters())
-        if not self.train_adapted_blocks:
-            named += [(f"branch.{i}", p) for i, p in enumerate(self._pretrained_branch_parameters())]
-        for name, p in named:
+        for i, p in enumerate(self._frozen_backbone_parameters()):
             t = p.detach().cpu().contiguous()
-            h.update(f"{name}:{t.dtype}:{tuple(t.shape)};".encode())
+            h.update(f"{i}:{t.dtype}:{tuple(t.shape)};".encode())
             h.update(t.view(torch.uint8).numpy().tobytes())
         return h.hexdigest()
 
@@ -276,6 +310,13 @@ class VTAGML(nn.Module):
             yield from layer.pretrained_parameters()
         yield from self.last_downsample.parameters()
 
+    def _frozen_backbone_parameters(self) -> Iterator[nn.Parameter]:
+        """The pretrained weights this configuration keeps frozen (what the fingerprint covers)."""
+        if not self.train_trunk:
+            yield from self.trunk.parameters()
+        if not self.train_adapted_blocks:
+            yield from self._pretrained_branch_parameters()
+
     def _components(self) -> dict[str, list[nn.Parameter]]:
         comps = {"trunk": list(self.trunk.parameters()),
                  "adapted_blocks": list(self._pretrained_branch_parameters()),
@@ -315,10 +356,19 @@ class VTAGML(nn.Module):
         return {n for n, p in self.named_parameters()
                 if p.requires_grad and (p.ndim <= 1 or n.startswith("embeddings.") or n.endswith("taa.pattern"))}
 
+    def _task_state_buffers(self) -> dict[str, Tensor]:
+        """Buffers that belong with the adapters: TROA state and the decoders' common initialization."""
+        named = {f"troa.{n}": b for n, b in self.troa.named_buffers()}
+        if not self.shared_decoder:
+            named.update({f"decoder_init.{n}": b for n, b in self.decoder_init.named_buffers()})
+        return named
+
     def trainable_state_dict(self) -> dict[str, Tensor]:
-        """What training changed: trainable parameters and the TROA buffers."""
-        state = {n: p.detach().clone() for n, p in self.named_parameters() if p.requires_grad}
-        state.update({f"troa.{n}": b.clone() for n, b in self.troa.named_buffers()})
+        """What a copy of the backbone needs to become this model: every parameter but the frozen
+        backbone weights (whatever is frozen for the moment), TROA buffers and the decoders' theta_0."""
+        backbone = {id(p) for p in self._frozen_backbone_parameters()}
+        state = {n: p.detach().clone() for n, p in self.named_parameters() if id(p) not in backbone}
+        state.update({n: b.clone() for n, b in self._task_state_buffers().items()})
         return state
 
     def load_trainable_state_dict(self, state: dict[str, Tensor]) -> None:
@@ -332,15 +382,85 @@ class VTAGML(nn.Module):
         bad = [k for k in expected if tuple(state[k].shape) != tuple(expected[k].shape)]
         if bad:
             raise ValueError(f"adapter state has wrong shapes for {bad[:20]}")
-        own = dict(self.named_parameters()) | {f"troa.{n}": b for n, b in self.troa.named_buffers()}
+        own = dict(self.named_parameters()) | self._task_state_buffers()
         with torch.no_grad():
             for k, v in state.items():
                 own[k].copy_(v)
 
+    # ------------------------------------------------------------------ growing by tasks
+    def add_task(self, task: str | Task, num_classes: int | None = None,
+                 composition: dict[str, float] | None = None) -> Task:
+        """Add a task in place, leaving every existing task's state (and so its outputs) unchanged.
+
+        Without ``composition`` the new task gets a fresh embedding and a decoder starting at the
+        decoders' common initialization theta_0 (to train with its labels: :meth:`train_only`).
+        With ``composition`` (weights over known tasks, e.g. affinities) it is composed without
+        labels (zero-shot, DESIGN.md section 8): embedding ``E_n = sum_j a_j E_j``; decoder
+        ``theta_0 + sum_j a_j (theta_j - theta_0)``; head ``sum_j a_j head_j`` over the known tasks
+        of the same kind and channels (weights renormalized over them).
+
+        Returns the new :class:`Task`. Its affinity row and column start as the identity prior.
+        """
+        task = build_tasks([task], num_classes=num_classes)[0]
+        if task.name in self.task_names:
+            raise ValueError(f"model already has task {task.name!r}")
+        weights = _composition_weights(composition, self.task_names) if composition is not None else None
+        head_weights = None
+        if weights is not None:
+            same = {n: a for n, a in weights.items()
+                    if self.tasks[self.task_names.index(n)].kind == task.kind
+                    and self.tasks[self.task_names.index(n)].channels == task.channels}
+            if not same or sum(same.values()) <= 0:
+                raise ValueError(f"zero-shot task {task.name!r} (kind {task.kind!r}, {task.channels} channels) needs "
+                                 f"weight on a known task of the same kind; got {composition}")
+            head_weights = _composition_weights(same, list(same))
+        device = self.embeddings.weight.device
+        with torch.no_grad():
+            if weights is None:
+                row = torch.randn(1, self.embed_dim, device=device) * self.embeddings.weight.std().clamp_min(1e-3)
+            else:
+                row = sum(a * self.embeddings.weight[self.task_names.index(n)] for n, a in weights.items()).view(1, -1)
+            self.embeddings.weight = nn.Parameter(torch.cat([self.embeddings.weight.detach(), row.to(device)]))
+        self.troa.add_task()
+        head = TaskHead(self.heads[self.task_names[0]].conv.in_channels, task.channels).to(device)
+        task.init_head(head.conv)
+        if not self.shared_decoder:
+            decoder = copy.deepcopy(self.decoders[self.task_names[0]])
+            decoder.load_state_dict(self.decoder_init.state_dict())
+            if weights is not None:
+                _compose_into(decoder, self.decoder_init, [self.decoders[n] for n in weights], list(weights.values()))
+            self.decoders[task.name] = decoder
+        if head_weights is not None:
+            with torch.no_grad():
+                for name, p in head.named_parameters():
+                    p.copy_(sum(a * self.heads[n].get_parameter(name) for n, a in head_weights.items()))
+        self.heads[task.name] = head
+        self.tasks.append(task)
+        self.task_names.append(task.name)
+        self.config["tasks"].append(task.spec())
+        return task
+
+    def train_only(self, task_name: str) -> "torch.utils.hooks.RemovableHandle":
+        """Freeze everything but ``task_name``'s decoder, head and embedding row (for adding a task
+        with labels: every other task's state stays bit-identical). Returns the hook handle that
+        masks the other embedding rows' gradients (``.remove()`` it when done). The optimizer must not
+        decay the embeddings (``no_weight_decay`` lists them; :class:`MultitaskModule` honours it)."""
+        idx = self.task_indices([task_name])[0]
+        for p in self.parameters():
+            p.requires_grad_(False)
+        own = [self.heads[task_name]] + ([] if self.shared_decoder else [self.decoders[task_name]])
+        for m in own:
+            m.requires_grad_(True)
+        self.embeddings.weight.requires_grad_(True)
+        mask = torch.zeros_like(self.embeddings.weight[:, :1])
+        mask[idx] = 1.0
+        return self.embeddings.weight.register_hook(lambda g: g * mask)
+
     def train(self, mode: bool = True) -> "VTAGML":
         """Frozen parts stay in eval mode (no dropout or drop-path) whatever ``mode`` is."""
         super().train(mode)
-        self.trunk.eval()
+        if not self.train_trunk:
+            self.trunk.eval()
         if not self.train_adapted_blocks:
             for layer in self.adapters:
                 layer.block.eval()
@@ -356,15 +476,31 @@ class VTAGML(nn.Module):
             raise KeyError(f"model has no task(s) {unknown}; it predicts {self.task_names}")
         return [self.task_names.index(t) for t in tasks]
 
-    def encode(self, images: Tensor) -> Encoded:
-        """Run the frozen trunk once (no autograd). images: (B, 3, H, W) in [0, 1]."""
+    def _as_unit_range(self, images: Tensor) -> Tensor:
+        """(B, 3, H, W) floats in [0, 1]; uint8 images are divided by 255; anything else is refused."""
         if images.dim() != 4 or images.shape[1] != 3:
             raise ValueError(f"images must be (B, 3, H, W), got {tuple(images.shape)}")
+        if images.dtype == torch.uint8:
+            return images.to(self.mean.dtype) / 255.0
+        if not images.is_floating_point():
+            raise ValueError(f"images must be floats in [0, 1] or uint8, got dtype {images.dtype}")
+        msg = "images must be in [0, 1] (0-255 images: pass uint8, or divide by 255)"
+        if images.device.type == "cpu":  # a host check is free here; on accelerators it is asynchronous
+            lo, hi = float(images.amin()), float(images.amax())
+            if not (lo >= -1e-3 and hi <= 1.0 + 1e-3):  # NaN fails too
+                raise ValueError(f"{msg}; got values in [{lo:g}, {hi:g}]")
+        else:
+            torch._assert_async((images.amin() >= -1e-3) & (images.amax() <= 1.0 + 1e-3), msg)
+        return images
+
+    def encode(self, images: Tensor) -> Encoded:
+        """Run the trunk once (no autograd unless ``train_trunk``). images: (B, 3, H, W) in [0, 1]."""
+        images = self._as_unit_range(images)
         h, w = images.shape[-2:]
         stride = self.reductions[-1]
         x = (images - self.mean.to(images)) / self.std.to(images)
         x = F.pad(x, (0, (-w) % stride, 0, (-h) % stride))
-        with torch.no_grad():
+        with torch.set_grad_enabled(self.train_trunk and torch.is_grad_enabled()):
             feat = self.trunk["patch_embed"](x)
             skips = []
             for stage in self.trunk["stages"]:
