@@ -298,3 +298,25 @@ def test_fine_tuned_trunk_trains_with_troa(tmp_path, tiny_checkpoint):
     assert not torch.equal(net.trunk["patch_embed"].proj.weight, trunk)
     assert torch.all(net.troa.counts == 2) and not torch.equal(net.task_affinity(), torch.eye(4))
     assert net.parameter_report()["trunk"]["frozen"] == 0
+
+
+def test_evaluation_resizes_images_only_and_predictions_back_to_native_labels(tmp_path, tiny_checkpoint, nyud):
+    """The reference evaluators' protocol: the model sees the resized image; metrics compare at the
+    labels' native resolution (predictions resized back)."""
+    from vtagml.data import FolderDataModule
+    from vtagml.engine.module import at_label_size
+    dm = FolderDataModule("nyudv2", str(nyud), tasks=list(TASKS), eval_size=[32, 48], num_workers=0, batch_size=1,
+                          pin_memory=False)
+    dm.setup("validate")
+    batch = next(iter(dm.val_dataloader()))
+    native = tuple(batch["depth"].shape[-2:])
+    assert tuple(batch["image"].shape[-2:]) == (32, 48) and native != (32, 48)
+    net = VTAGML(TINY_SWIN["name"], tasks=TASKS, num_classes=40, img_size=64, checkpoint_path=tiny_checkpoint,
+                 backbone_kwargs=TINY_SWIN["kwargs"], adapt_last_k=2, embed_dim=8, decoder_channels=16)
+    module = MultitaskModule(net)
+    t = trainer(tmp_path)
+    t.validate(module, dm)
+    assert {"val/depth/rmse", "val/semseg/miou", "val/normals/mean_angle", "val/edges/odsf"} <= set(t.callback_metrics)
+    pred = torch.arange(6.0).view(1, 1, 2, 3)
+    assert at_label_size(pred, torch.zeros(1, 1, 2, 3)) is pred
+    assert at_label_size(pred, torch.zeros(1, 4, 6)).shape == (1, 1, 4, 6)

@@ -191,3 +191,12 @@ def test_zero_shot_composition_of_embeddings_decoders_and_heads(tiny_checkpoint)
         net.add_task("edges_occlusion", composition={"reshading": 1.0})
     with pytest.raises(ValueError, match="already has"):
         net.add_task("depth")
+
+
+def test_task_weights_reach_the_tasks_and_the_saved_config(tiny_checkpoint):
+    net = make(tiny_checkpoint, task_weights={"normals": 10, "edges": 50})
+    assert [t.weight for t in net.tasks] == [1.0, 1.0, 10.0, 50.0]
+    again = VTAGML.from_config(net.config)
+    assert [t.weight for t in again.tasks] == [1.0, 1.0, 10.0, 50.0]
+    with pytest.raises(ValueError, match="reshading"):
+        make(tiny_checkpoint, task_weights={"reshading": 2})

@@ -178,7 +178,8 @@ class FolderDataModule(MultitaskDataModule):
         tasks: library task names to load and train.
         train_split, val_split, test_split: split names (None: no such stage).
         crop_size: training crop (H, W); ``scale_range`` and ``hflip`` set the augmentation.
-        eval_size: resize evaluation images to this (H, W) (None: native size, batch size 1 if sizes vary).
+        eval_size: resize evaluation images to this (H, W); labels keep their native size and
+            predictions are resized back to it (the reference evaluators' protocol). None: native size.
         dataset_kwargs: extra dataset arguments (``buildings``, ``split_csv``, ``num_classes``...), or
             per split as ``{"train": {...}, "val": {...}}``.
         batch_size, num_workers, pin_memory, persistent_workers, predict_dir, seed: loader options.
@@ -222,7 +223,7 @@ class FolderDataModule(MultitaskDataModule):
         if train:
             return JointTransform(crop_size=self.crop_size, scale_range=self.scale_range, hflip=self.hflip, flips=flips,
                                   depth_keys=[t.name for t in tasks if t.kind == "depth"])
-        return JointTransform(resize=self.eval_size) if self.eval_size else None
+        return JointTransform(resize=self.eval_size, resize_labels=False) if self.eval_size else None
 
     def setup(self, stage: str | None = None) -> None:
         wanted = {"fit": ("train", "val"), "validate": ("val",), "test": ("test",), "predict": ()}

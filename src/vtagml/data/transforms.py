@@ -66,16 +66,18 @@ class JointTransform:
         scale_range: random zoom factor range before cropping; depth labels are divided by it.
         hflip: flip with probability 0.5.
         resize: resize to this (H, W) before anything else (evaluation at a fixed size; depth kept).
+        resize_labels: also resize the labels with ``resize`` (False: only the image; the reference
+            evaluators' protocol, where predictions are resized back to the labels' native size).
         flips: per-task flip functions (``Task.hflip``); other labels are mirrored plainly.
         depth_keys: labels holding metric depth (divided by the zoom factor).
     """
 
     def __init__(self, crop_size: int | Sequence[int] | None = None, scale_range: Sequence[float] = (1.0, 1.0),
-                 hflip: bool = False, resize: int | Sequence[int] | None = None,
+                 hflip: bool = False, resize: int | Sequence[int] | None = None, resize_labels: bool = True,
                  flips: dict[str, Callable[[Tensor], Tensor]] | None = None,
                  depth_keys: Sequence[str] = ("depth", "depth_zbuffer")):
         self.crop = _as_hw(crop_size)
-        self.resize = _as_hw(resize)
+        self.resize, self.resize_labels = _as_hw(resize), resize_labels
         lo, hi = scale_range
         if not 0 < lo <= hi:
             raise ValueError(f"scale_range must satisfy 0 < low <= high, got {scale_range}")
@@ -101,7 +103,7 @@ class JointTransform:
             k[0, 2] = flip_width - k[0, 2]
         sample["intrinsics"] = k
 
-    def _resize(self, sample: dict, size: tuple[int, int]) -> dict:
+    def _resize(self, sample: dict, size: tuple[int, int], labels: bool = True) -> dict:
         out = dict(sample)
         img = sample["image"]
         if tuple(img.shape[-2:]) == size:
@@ -110,7 +112,7 @@ class JointTransform:
         antialias = size[0] < img.shape[-2]
         out["image"] = F.interpolate(img[None], size=size, mode="bilinear", align_corners=False,
                                      antialias=antialias)[0].clamp_(0, 1)
-        for key in self._labels(sample):
+        for key in self._labels(sample) if labels else ():
             out[key] = _resize_label(sample[key], size)
         return out
 
@@ -121,7 +123,7 @@ class JointTransform:
     def __call__(self, sample: dict, generator: torch.Generator | None = None) -> dict:
         """The transformed sample; random draws come from ``generator`` (default: torch's global RNG)."""
         if self.resize is not None:
-            sample = self._resize(sample, self.resize)
+            sample = self._resize(sample, self.resize, labels=self.resize_labels)
         if not self.is_random:
             return sample
         # always four draws (zoom, top, left, flip), so each choice is independent of the others

@@ -20,6 +20,7 @@ from typing import Literal, Sequence
 
 import lightning as L
 import torch
+import torch.nn.functional as F
 from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor, nn
 from torchmetrics import MeanMetric
@@ -49,6 +50,15 @@ def task_losses(tasks: Sequence[Task], preds: dict[str, Tensor], batch: dict) ->
         else:
             losses[task.name] = pred.sum() * 0.0
     return losses
+
+
+def at_label_size(pred: Tensor, target: Tensor) -> Tensor:
+    """``pred`` (B, C, h, w) resized bilinearly to the label's (H, W) when they differ (evaluation of
+    images resized for the model against labels at their native resolution)."""
+    size = tuple(target.shape[-2:])
+    if tuple(pred.shape[-2:]) == size:
+        return pred
+    return F.interpolate(pred.float(), size=size, mode="bilinear", align_corners=False)
 
 
 def branch_inputs(z: Tensor, num_tasks: int) -> Tensor:
@@ -232,8 +242,8 @@ class MultitaskModule(L.LightningModule):
         if not idx:
             return
         enc = self.net.encode(batch["image"])
-        preds = self.net.forward_branches(enc, idx)
         tasks = [self.net.tasks[t] for t in idx]
+        preds = {k: at_label_size(v, batch[k]) for k, v in self.net.forward_branches(enc, idx).items()}
         losses = task_losses(tasks, preds, batch)
         present = batch.get("present", {})
         bs = batch["image"].shape[0]

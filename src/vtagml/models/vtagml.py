@@ -98,6 +98,7 @@ class VTAGML(nn.Module):
         backbone: timm Swin / Swin V2 model name.
         tasks: task names (see ``vtagml.tasks.TASK_REGISTRY``) or :class:`~vtagml.tasks.Task` objects.
         num_classes: classes of classification tasks (e.g. ``semseg``) given by name.
+        task_weights: loss weights of tasks given by name, e.g. ``{"normals": 10, "edges": 50}`` (default 1).
         img_size: nominal input size (sets timm's window clamping); any size runs.
         pretrained: load timm's pretrained weights (needs the hub).
         checkpoint_path: local backbone weights (``.safetensors`` or a torch state dict).
@@ -122,6 +123,7 @@ class VTAGML(nn.Module):
         backbone: str = "swin_tiny_patch4_window7_224",
         tasks: Sequence[str | Task] = ("semseg", "depth", "normals", "edges"),
         num_classes: int | None = None,
+        task_weights: dict[str, float] | None = None,
         img_size: int | tuple[int, int] = 224,
         pretrained: bool = False,
         checkpoint_path: str | os.PathLike | None = None,
@@ -142,7 +144,11 @@ class VTAGML(nn.Module):
     ):
         super().__init__()
         tasks = [task_from_spec(t) if isinstance(t, dict) else t for t in tasks]
-        self.tasks: list[Task] = build_tasks(tasks, num_classes=num_classes)
+        unknown = sorted(set(task_weights or {}) - {t for t in tasks if isinstance(t, str)})
+        if unknown:
+            raise ValueError(f"task_weights names task(s) {unknown} not given by name (a Task object carries its "
+                             f"own weight) or not in the model's tasks")
+        self.tasks: list[Task] = build_tasks(tasks, num_classes=num_classes, weights=task_weights)
         if not self.tasks:
             raise ValueError("VTAGML needs at least one task")
         self.task_names = [t.name for t in self.tasks]
@@ -200,7 +206,7 @@ class VTAGML(nn.Module):
             t.init_head(self.heads[t.name].conv)
         #: every constructor argument, JSON-ready (tasks as specs): rebuilds this model with :meth:`from_config`
         self.config = dict(
-            backbone=backbone, tasks=[t.spec() for t in self.tasks], num_classes=num_classes,
+            backbone=backbone, tasks=[t.spec() for t in self.tasks], num_classes=num_classes,  # specs carry weights
             img_size=list(img_size) if isinstance(img_size, (tuple, list)) else img_size, pretrained=pretrained,
             checkpoint_path=None if checkpoint_path is None else str(checkpoint_path),
             backbone_kwargs=dict(backbone_kwargs or {}), adapt_last_k=adapt_last_k, embed_dim=self.embed_dim,
