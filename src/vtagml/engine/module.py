@@ -167,6 +167,10 @@ class MultitaskModule(L.LightningModule):
         return scales, bad
 
     def training_step(self, batch: dict, batch_idx: int) -> Tensor:
+        return self.supervised_step(batch, batch_idx)[0]
+
+    def supervised_step(self, batch: dict, batch_idx: int) -> tuple[Tensor, dict[str, Tensor]]:
+        """The training step's total weighted loss and the predictions of every task."""
         tasks = self.net.tasks
         enc = self.net.encode(batch["image"])
         z_all = branch_inputs(enc.z, len(tasks)) if self.hparams.troa else None
@@ -185,7 +189,7 @@ class MultitaskModule(L.LightningModule):
         self.log("train/loss", total.detach(), prog_bar=True, batch_size=bs)
         if self.hparams.troa:
             self._troa_batch = (enc, z_all, counts > 0, batch)
-        return total
+        return total, preds
 
     def _scaler(self):
         """The enabled fp16 GradScaler of the precision plugin, if any."""
@@ -299,12 +303,16 @@ class MultitaskModule(L.LightningModule):
         return {"name": list(names), "labels": {t.name: t.to_label(preds[t.name]).cpu() for t in self.net.tasks}}
 
     # ------------------------------------------------------------------ optimization
-    def configure_optimizers(self):
+    def parameter_groups(self) -> list[dict]:
+        """Optimizer groups of the trainable parameters: decayed, and not (``net.no_weight_decay``)."""
         no_decay = self.net.no_weight_decay()
         named = [(n, p) for n, p in self.net.named_parameters() if p.requires_grad]
         groups = [{"params": [p for n, p in named if n not in no_decay], "weight_decay": self.hparams.weight_decay},
                   {"params": [p for n, p in named if n in no_decay], "weight_decay": 0.0}]
-        groups = [g for g in groups if g["params"]]
+        return [g for g in groups if g["params"]]
+
+    def configure_optimizers(self):
+        groups = self.parameter_groups()
         if self.hparams.optimizer == "sgd":
             opt = torch.optim.SGD(groups, lr=self.hparams.lr, momentum=0.9)
         else:

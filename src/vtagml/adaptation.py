@@ -1,0 +1,215 @@
+"""Unsupervised domain adaptation: labelled source, unlabelled target, same tasks (DESIGN.md section 8).
+
+Output-space adversarial training: one small fully-convolutional discriminator per task tells
+source predictions (label 1) from target predictions (label 0). Discriminators see detached
+source predictions and target predictions through a gradient reversal layer, so one backward
+trains them to tell the domains apart while the model (adapters, decoders, heads) learns to make
+its target predictions look like source ones. Source losses drive the supervised part and TROA
+(the adversarial gradient reaches the target branches only, never the source embedding copies).
+
+``vtagml adapt`` starts from a saved model directory (trained on the source) and writes the
+adapted model, ``results.json`` and ``results.md`` (target metrics of source-only, adapted and,
+optionally, target-supervised fine-tuning at the same budget).
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+
+import lightning as L
+import torch
+import torch.nn.functional as F
+from lightning.pytorch.utilities import CombinedLoader
+from torch import Tensor, nn
+
+from vtagml.data.datamodule import MultitaskDataModule, SyntheticDataModule
+from vtagml.engine.module import MultitaskModule
+from vtagml.models.vtagml import VTAGML
+from vtagml.tasks import Task
+
+
+class _ReverseGrad(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x: Tensor, scale: float) -> Tensor:
+        ctx.scale = scale
+        return x.view_as(x)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):
+        return -ctx.scale * grad, None
+
+
+def reverse_gradient(x: Tensor, scale: float = 1.0) -> Tensor:
+    """Identity forward; the backward multiplies the gradient by ``-scale``."""
+    return _ReverseGrad.apply(x, scale)
+
+
+def discriminator_input(task: Task, pred: Tensor) -> Tensor:
+    """A task's prediction as a bounded map the discriminator reads (B, C, H, W): class
+    probabilities, log depth, unit normals, edge probabilities."""
+    if task.kind == "classes":
+        return pred.float().softmax(dim=1)
+    if task.kind == "depth":
+        return pred.float().clamp_min(1e-3).log()
+    if task.kind == "edges":
+        return pred.float().sigmoid()
+    return pred.float()
+
+
+class OutputDiscriminator(nn.Module):
+    """Fully convolutional domain classifier on a prediction map (AdaptSegNet-style, small).
+
+    (B, C, H, W) -> (B, 1, H/16, W/16) logits: 4 strided 4x4 convolutions with LeakyReLU, then a
+    3x3 classifier.
+    """
+
+    def __init__(self, in_channels: int, width: int = 32):
+        super().__init__()
+        layers, c = [], in_channels
+        for i in range(4):
+            layers += [nn.Conv2d(c, width * 2 ** i, 4, stride=2, padding=1), nn.LeakyReLU(0.2, inplace=True)]
+            c = width * 2 ** i
+        layers.append(nn.Conv2d(c, 1, 3, padding=1))
+        self.net = nn.Sequential(*layers)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.net(x)
+
+
+def adversarial_loss(disc: nn.Module, source: Tensor, target: Tensor, reverse_scale: float) -> Tensor:
+    """Discriminator BCE on detached source maps (label 1) and gradient-reversed target maps (label 0).
+
+    Minimizing it trains ``disc``; the target maps receive ``-reverse_scale`` times its gradient,
+    i.e. the model is pushed to make target predictions look like source ones.
+    """
+    d_src = disc(source.detach())
+    d_tgt = disc(reverse_gradient(target, reverse_scale))
+    return (F.binary_cross_entropy_with_logits(d_src, torch.ones_like(d_src))
+            + F.binary_cross_entropy_with_logits(d_tgt, torch.zeros_like(d_tgt))) / 2
+
+
+class AdaptationModule(MultitaskModule):
+    """:class:`MultitaskModule` trained on ``{"source": batch, "target": batch}`` pairs.
+
+    Args:
+        net: the model (trained on the source, typically).
+        adv_weight: weight of the adversarial losses (also the reversed gradient's scale).
+        disc_width: discriminator width.
+        **kwargs: :class:`MultitaskModule` options.
+    """
+
+    def __init__(self, net: VTAGML, adv_weight: float = 0.01, disc_width: int = 32, **kwargs):
+        super().__init__(net, **kwargs)
+        self.save_hyperparameters(ignore=["net"])
+        self.discriminators = nn.ModuleDict({t.name: OutputDiscriminator(t.channels, disc_width) for t in net.tasks})
+
+    def training_step(self, batch: dict, batch_idx: int) -> Tensor:
+        source, target = batch["source"], batch["target"]
+        supervised, src_preds = self.supervised_step(source, batch_idx)  # source losses, TROA state
+        tgt_preds = self.net(target["image"])  # target labels are never read
+        adv = {}
+        for task in self.net.tasks:
+            adv[task.name] = adversarial_loss(self.discriminators[task.name], discriminator_input(task, src_preds[task.name]),
+                                              discriminator_input(task, tgt_preds[task.name]), self.hparams.adv_weight)
+        self.log_dict({f"train/adv/{k}": v.detach() for k, v in adv.items()}, batch_size=target["image"].shape[0])
+        return supervised + self.hparams.adv_weight * torch.stack(list(adv.values())).sum()
+
+    def parameter_groups(self) -> list[dict]:
+        return super().parameter_groups() + [{"params": list(self.discriminators.parameters()), "weight_decay": 0.0}]
+
+
+class SourceTargetDataModule(L.LightningDataModule):
+    """Training pairs of a labelled source and a target whose labels training never reads (only its
+    images); validation on the target (with its labels, to measure adaptation)."""
+
+    def __init__(self, source: MultitaskDataModule, target: MultitaskDataModule):
+        super().__init__()
+        self.source, self.target = source, target
+
+    def setup(self, stage: str | None = None) -> None:
+        self.source.setup("fit")
+        self.target.setup("fit")
+
+    def train_dataloader(self):
+        return CombinedLoader({"source": self.source.train_dataloader(), "target": self.target.train_dataloader()},
+                              mode="max_size_cycle")
+
+    def val_dataloader(self):
+        return self.target.val_dataloader()
+
+
+# --------------------------------------------------------------------------- the command
+
+
+def _fit(net: VTAGML, module_cls, data, epochs: int, lr: float, out: Path, **kw) -> float:
+    module = module_cls(net, lr=lr, **kw)
+    start = time.time()
+    L.Trainer(max_epochs=epochs, accelerator="auto", devices=1, default_root_dir=out, logger=False,
+              enable_checkpointing=False, enable_model_summary=False, num_sanity_val_steps=0, limit_val_batches=0,
+              gradient_clip_val=1.0).fit(module, data)
+    return time.time() - start
+
+
+def adapt(args: argparse.Namespace) -> dict:
+    from vtagml.transfer import _write_results, evaluate
+
+    L.seed_everything(args.seed, workers=True)
+
+    def model():
+        return VTAGML.from_adapters(args.model, checkpoint_path=args.backbone)
+
+    tasks = model().task_names
+
+    def synthetic(domain):
+        return SyntheticDataModule(tasks=tasks, size=args.size, domain=domain, train_samples=args.train_samples,
+                                   val_samples=args.val_samples, test_samples=args.val_samples, seed=args.seed,
+                                   batch_size=args.batch_size)
+
+    source, target = synthetic(args.source_domain), synthetic(args.target_domain)
+    rows, seconds = {}, {}
+    rows["source only (as trained)"] = evaluate(model(), target, args.out)
+    if args.baselines:
+        net = model()
+        seconds["source only"] = _fit(net, MultitaskModule, source, args.epochs, args.lr, args.out)
+        rows[f"source only (+{args.epochs} epochs on source)"] = evaluate(net, target, args.out)
+    net = model()
+    seconds["adapted"] = _fit(net, AdaptationModule, SourceTargetDataModule(source, target), args.epochs, args.lr,
+                              args.out, adv_weight=args.adv_weight)
+    rows[f"adapted (+{args.epochs} epochs)"] = evaluate(net, target, args.out)
+    net.save_adapters(args.out / "model")
+    if args.baselines:
+        upper = model()
+        seconds["target supervised"] = _fit(upper, MultitaskModule, target, args.epochs, args.lr, args.out)
+        rows[f"target supervised (+{args.epochs} epochs, upper bound)"] = evaluate(upper, target, args.out)
+    metrics = sorted({k for r in rows.values() for k in r})
+    lines = [f"# adapt {args.source_domain} -> {args.target_domain} (target validation split)", "",
+             "| method | " + " | ".join(metrics) + " |", "|---|" + "---|" * len(metrics)]
+    lines += [f"| {name} | " + " | ".join(f"{r.get(m, float('nan')):.4f}" for m in metrics) + " |"
+              for name, r in rows.items()]
+    results = {"source": args.source_domain, "target": args.target_domain, "tasks": tasks, "results": rows,
+               "train_seconds": {k: round(v, 1) for k, v in seconds.items()}, "epochs": args.epochs,
+               "adv_weight": args.adv_weight}
+    _write_results(args.out, results, "\n".join(lines) + "\n")
+    return results
+
+
+def adapt_main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(prog="vtagml adapt", description=__doc__.split("\n\n")[0])
+    p.add_argument("--model", type=Path, required=True, help="saved model directory trained on the source")
+    p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--backbone", type=Path, default=None, help="backbone weights (default: as saved)")
+    p.add_argument("--source-domain", default="a")
+    p.add_argument("--target-domain", default="b")
+    p.add_argument("--size", type=int, default=64)
+    p.add_argument("--train-samples", type=int, default=1000)
+    p.add_argument("--val-samples", type=int, default=200)
+    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--epochs", type=int, default=2)
+    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--adv-weight", type=float, default=0.01)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--baselines", action="store_true",
+                   help="also fine-tune on the source only and on target labels (upper bound) at the same budget")
+    adapt(p.parse_args(argv))
