@@ -338,7 +338,8 @@ class VTAGML(nn.Module):
         return comps
 
     def parameter_report(self) -> dict:
-        """Trainable and frozen parameter counts per component, totals and trainable fraction."""
+        """Trainable and frozen parameter counts per component, totals and trainable fraction, and the
+        adapters (TAA, TSN, bottleneck, task embeddings) against the backbone (trunk and adapted blocks)."""
         comps = self._components()
         seen = {id(p) for ps in comps.values() for p in ps}
         stray = [n for n, p in self.named_parameters() if id(p) not in seen]
@@ -351,6 +352,10 @@ class VTAGML(nn.Module):
         total = trainable + sum(r["frozen"] for r in report.values())
         report["total"] = {"trainable": trainable, "frozen": total - trainable}
         report["trainable_fraction"] = trainable / total
+        size = {k: v["trainable"] + v["frozen"] for k, v in report.items() if isinstance(v, dict) and k != "total"}
+        report["backbone_parameters"] = size["trunk"] + size["adapted_blocks"]
+        report["adapter_parameters"] = size["taa"] + size["tsn"] + size["bottleneck"] + size["embeddings"]
+        report["adapters_per_backbone"] = report["adapter_parameters"] / max(1, report["backbone_parameters"])
         return report
 
     def trainable_parameters(self) -> Iterator[nn.Parameter]:
