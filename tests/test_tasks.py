@@ -5,8 +5,8 @@ import pytest
 import torch
 
 from vtagml.data.collate import collate_multitask
-from vtagml.tasks import TASK_REGISTRY, Intensity, build_task, build_tasks, register_task
-from vtagml.tasks.metrics import EdgeODSF, match_edges
+from vtagml.tasks import (TASK_REGISTRY, Intensity, build_task, build_tasks, multitask_gain, primary_metrics,
+                          register_task)
 
 # ----------------------------------------------------------------- references
 
@@ -73,6 +73,63 @@ def test_semseg_metrics_match_confusion_matrix_reference():
     assert got["miou"] == pytest.approx(miou, rel=1e-6) and got["pixel_acc"] == pytest.approx(acc, rel=1e-6)
 
 
+def test_miou_absent_class_conventions_are_pinned():
+    # a 2-image split over 4 classes; class 3 occurs in neither ground truth nor prediction
+    target = torch.tensor([[[0, 0, 1, 1]], [[2, 2, 255, 1]]])  # 255: unlabeled, its prediction is ignored
+    pred_ids = torch.tensor([[[0, 1, 1, 1]], [[2, 0, 3, 1]]])
+    logits = torch.nn.functional.one_hot(pred_ids, 4).permute(0, 3, 1, 2).float()
+    # valid pixels: class 0: tp 1, fp 1, fn 1 -> 1/3; class 1: tp 3, fp 1 -> 3/4; class 2: tp 1, fn 1 -> 1/2
+    drop = run_metrics(build_task("semseg", num_classes=4), [(logits, target, None)])
+    assert drop["miou"] == pytest.approx((1 / 3 + 3 / 4 + 1 / 2) / 3, abs=1e-7)
+    zero = run_metrics(build_task("semseg", num_classes=4, absent_classes="zero"), [(logits, target, None)])
+    assert zero["miou"] == pytest.approx((1 / 3 + 3 / 4 + 1 / 2 + 0) / 4, abs=1e-7)  # MTI-Net eval_semseg
+    # "drop" is torchmetrics' macro Jaccard; with every class present the conventions agree
+    from torchmetrics.classification import MulticlassJaccardIndex
+    tm = MulticlassJaccardIndex(num_classes=4, average="macro", ignore_index=255)
+    tm.update(pred_ids, target)
+    assert drop["miou"] == pytest.approx(float(tm.compute()), abs=1e-7)
+    full = torch.tensor([[[0, 1, 2, 3]]])
+    for absent in ("drop", "zero"):
+        task = build_task("semseg", num_classes=4, absent_classes=absent)
+        got = run_metrics(task, [(torch.nn.functional.one_hot(full, 4).permute(0, 3, 1, 2).float(), full, None)])
+        assert got["miou"] == 1.0
+    with pytest.raises(ValueError, match="absent_classes"):
+        build_task("semseg", num_classes=4, absent_classes="nan")
+
+
+def test_every_builtin_task_declares_its_primary_metric_first():
+    tasks = build_tasks(["semseg", "depth", "normals", "edges", "reshading"], num_classes=4)
+    assert primary_metrics(tasks) == {"semseg": "miou", "depth": "rmse", "normals": "mean_angle",
+                                      "edges": "odsf", "reshading": "mae"}
+    for task in tasks:
+        for approximate in (False, True):
+            assert next(iter(task.build_metrics(approximate=approximate))) == task.primary_metric
+
+
+def test_multitask_gain_averages_over_tasks_one_primary_metric_each():
+    results = {"semseg/miou": 0.44, "semseg/pixel_acc": 0.9, "depth/rmse": 0.55, "depth/absrel": 0.3,
+               "depth/delta1": 0.1, "edges/odsf": 0.7}
+    ref = {"semseg/miou": 0.40, "semseg/pixel_acc": 0.5, "depth/rmse": 0.50, "depth/absrel": 0.1,
+           "depth/delta1": 0.9, "edges/odsf": 0.7}
+    direction = {"semseg/miou": True, "semseg/pixel_acc": True, "depth/rmse": False, "depth/absrel": False,
+                 "depth/delta1": True, "edges/odsf": True}
+    primary = {"semseg": "miou", "depth": "rmse", "edges": "odsf"}
+    # (+10% - 10% + 0) / 3 tasks: the secondary metrics, however bad, do not count
+    assert multitask_gain(results, ref, direction, primary) == pytest.approx(0.0, abs=1e-9)
+    assert multitask_gain({**results, "edges/odsf": 0.77}, ref, direction, primary) == pytest.approx(10 / 3)
+    with pytest.raises(KeyError, match="reference.*normals/mean_angle"):
+        multitask_gain({**results, "normals/mean_angle": 20.0}, ref, direction, {**primary, "normals": "mean_angle"})
+    with pytest.raises(ValueError, match="edges/odsf.*0"):
+        multitask_gain(results, {**ref, "edges/odsf": 0.0}, direction, primary)
+    with pytest.raises(ValueError, match="primary"):
+        multitask_gain(results, ref, direction, {})
+    # without primary, the reference itself must name one metric per task
+    one_each = {k: ref[k] for k in ("semseg/miou", "depth/rmse", "edges/odsf")}
+    assert multitask_gain(results, one_each, direction) == multitask_gain(results, ref, direction, primary)
+    with pytest.raises(ValueError, match="several metrics.*semseg.*pass primary"):
+        multitask_gain(results, ref, direction)
+
+
 def test_normals_metrics_match_numpy():
     batches = random_batches("normals")
     got = run_metrics(build_task("normals"), batches)
@@ -105,38 +162,6 @@ def test_absent_samples_do_not_count():
     pred2, target2 = torch.cat([pred, pred * 3]), torch.cat([target, target + 1])
     present = torch.tensor([True] * len(pred) + [False] * len(pred))
     assert run_metrics(task, [(pred2, target2, present)]) == run_metrics(task, [(pred, target, None)])
-
-
-def test_ods_f_one_pixel_shift_within_tolerance_scores_one():
-    gt = torch.zeros(2, 1, 32, 32)
-    gt[0, 0, 10, 4:28] = 1
-    gt[1, 0, 20, 2:30] = 1
-    gt[1, 0, 5, 2:30] = 1
-    valid = torch.ones_like(gt, dtype=torch.bool)
-    m = EdgeODSF(tolerance=0.0, min_pixels=1.0)
-    m.update(torch.roll(gt, shifts=1, dims=2), gt, valid)  # every line one pixel lower
-    assert m.compute().item() == pytest.approx(1.0)
-    far = EdgeODSF(tolerance=0.0, min_pixels=1.0)
-    far.update(torch.roll(gt, shifts=2, dims=2), gt, valid)
-    assert far.compute().item() == 0.0
-    # the default BSDS tolerance is relative: 0.0075 of a 400x400 diagonal is 4.2 pixels
-    big = torch.zeros(1, 1, 400, 400)
-    big[0, 0, 200, 50:350] = 1
-    bsds = EdgeODSF()
-    bsds.update(torch.roll(big, shifts=4, dims=2), big, torch.ones_like(big, dtype=torch.bool))
-    assert bsds.compute().item() == pytest.approx(1.0)
-
-
-def test_ods_f_matching_is_one_to_one_and_counts_false_positives():
-    gt = torch.zeros(1, 1, 9, 9, dtype=torch.bool)
-    gt[0, 0, 4, 4] = True
-    pred = torch.zeros_like(gt)
-    pred[0, 0, 4, 4] = pred[0, 0, 4, 5] = True  # two predictions near one edge pixel
-    m_pred, m_gt = match_edges(pred, gt, radius=1.5)
-    assert int(m_pred.sum()) == 1 and int(m_gt.sum()) == 1
-    m = EdgeODSF(tolerance=0.0, min_pixels=1.5, thin=False)
-    m.update(pred.float(), gt.float(), torch.ones_like(gt))
-    assert m.compute().item() == pytest.approx(2 * 0.5 * 1.0 / 1.5)  # P = 1/2, R = 1
 
 
 # ----------------------------------------------------------------- losses

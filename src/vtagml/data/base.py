@@ -39,6 +39,9 @@ class FileMultitaskDataset(Dataset):
     missing_labels_ok: bool = False
     #: largest plausible depth in metres (None: no bound); larger values mean a unit error
     max_depth: float | None = None
+    #: edge ODS-F match distance as a fraction of the image diagonal (BSDS ``maxDist``; the
+    #: BSDS / PASCAL-Context value), passed to the edge tasks as ``Edges(max_dist=...)``
+    edge_max_dist: float = 0.0075
 
     def __init__(self, root: str | os.PathLike, split: str, tasks: Sequence[str] | None,
                  transform: Callable[[dict], dict] | None = None):

@@ -35,6 +35,7 @@ class NYUDv2(FileMultitaskDataset):
     available_tasks = ("semseg", "depth", "normals", "edges")
     classes = NYUD_CLASSES
     max_depth = 20.0  # Kinect depth: metres, at most ~10
+    edge_max_dist = 0.011  # the NYUD-v2 edge evaluators' maxDist (BSDS / PASCAL: 0.0075)
     _files = {"semseg": ("segmentation", ".png"), "depth": ("depth", ".npy"), "normals": ("normals", ".npy"),
               "edges": ("edge", ".npy")}
 

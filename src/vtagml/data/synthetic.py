@@ -503,6 +503,9 @@ class SyntheticScenes(Dataset):
     """
 
     classes = SEMSEG_CLASSES
+    #: edge ODS-F match distance as a fraction of the image diagonal (the BSDS value); on small
+    #: renders the edge task's ``min_pixels`` floor (1 px) is what binds
+    edge_max_dist = 0.0075
 
     def __init__(
         self,

@@ -8,7 +8,8 @@ need about one dense prediction target, so that adding a task is one object:
 - ``postprocess``: raw head output -> model prediction (e.g. softplus for depth);
 - ``valid_mask``: which target pixels carry a label;
 - ``loss``: masked mean over valid pixels of present samples (zero when none);
-- ``build_metrics`` / ``update_metrics``: split-level torchmetrics, primary metric first;
+- ``build_metrics`` / ``update_metrics``: split-level torchmetrics, ``primary_metric`` first
+  (the one metric per task that the multitask gain averages);
 - ``to_label``: prediction -> label space (class ids, probabilities), for saving and display;
 - ``colorize``: label-space map of one sample -> uint8 RGB (H, W, 3) for people;
 - ``hflip`` for geometric augmentation (labels are resampled with nearest neighbours).
@@ -30,7 +31,7 @@ class Task:
     """Base class of dense prediction tasks; subclasses fill in the task-specific parts."""
 
     kind: str = "dense"
-    #: key of the metric that ranks models (first in ``build_metrics``)
+    #: key of the metric that ranks models and enters the multitask gain (first in ``build_metrics``)
     primary_metric: str = ""
 
     def __init_subclass__(cls, **kwargs):
@@ -103,7 +104,12 @@ class Task:
         return self.loss_fn(pred, target, self.masked_valid(target, present))
 
     # -- evaluation
-    def build_metrics(self) -> nn.ModuleDict:
+    def build_metrics(self, approximate: bool = False) -> nn.ModuleDict:
+        """Fresh split-level metrics keyed by name, :attr:`primary_metric` first.
+
+        ``approximate`` allows a cheaper approximation where a task has one (the edges' ODS-F on
+        a coarser threshold grid), for validation during training; final numbers use the default.
+        """
         raise NotImplementedError
 
     def update_metrics(self, metrics: nn.ModuleDict, pred: Tensor, target: Tensor,
@@ -157,6 +163,15 @@ def build_task(spec: str | Task, **options) -> Task:
     if spec not in TASK_REGISTRY:
         raise KeyError(f"unknown task {spec!r}; registered tasks: {sorted(TASK_REGISTRY)}")
     return TASK_REGISTRY[spec](**options)
+
+
+def primary_metrics(tasks) -> dict[str, str]:
+    """Task name -> primary metric name, the ``primary`` argument of
+    :func:`~vtagml.tasks.metrics.multitask_gain`; every task must declare one."""
+    missing = [t.name for t in tasks if not t.primary_metric]
+    if missing:
+        raise ValueError(f"task(s) {missing} declare no primary_metric")
+    return {t.name: t.primary_metric for t in tasks}
 
 
 def build_tasks(specs, num_classes: int | None = None, weights: dict[str, float] | None = None) -> list[Task]:

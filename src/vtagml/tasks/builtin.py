@@ -9,7 +9,7 @@ import matplotlib
 import numpy as np
 import torch
 from torch import Tensor, nn
-from torchmetrics.classification import MulticlassAccuracy, MulticlassJaccardIndex
+from torchmetrics.classification import MulticlassAccuracy
 
 from vtagml.tasks import losses
 from vtagml.tasks.base import Task, register_task
@@ -19,6 +19,7 @@ from vtagml.tasks.metrics import (
     DepthRMSE,
     EdgeODSF,
     MaskedMean,
+    MeanIoU,
     NormalsMeanAngle,
     NormalsMedianAngle,
     NormalsWithin,
@@ -36,17 +37,27 @@ def class_palette(num_classes: int) -> np.ndarray:
 
 
 class SemanticSegmentation(Task):
-    """Per-pixel classes. Target long (B, H, W), ``ignore_index`` = unlabeled; logits out."""
+    """Per-pixel classes. Target long (B, H, W), ``ignore_index`` = unlabeled; logits out.
+
+    Metrics: ``miou`` (:class:`~vtagml.tasks.metrics.MeanIoU`) and micro pixel accuracy.
+    ``absent_classes`` chooses what mIoU does with a class that occurs neither in the ground truth
+    nor in the prediction of the whole split: ``"drop"`` (default) leaves it out of the mean,
+    ``"zero"`` counts it as IoU 0 like the reference multitask evaluators (MTI-Net / ATRC / InvPT
+    ``eval_semseg``). The two agree when every class occurs, as on full NYUD-v2 val.
+    """
 
     kind = "classes"
     primary_metric = "miou"
 
     def __init__(self, num_classes: int, name: str = "semseg", weight: float = 1.0,
-                 ignore_index: int = IGNORE_INDEX, class_names: list[str] | None = None):
+                 ignore_index: int = IGNORE_INDEX, class_names: list[str] | None = None,
+                 absent_classes: str = "drop"):
         if num_classes < 2:
             raise ValueError(f"task {name!r}: num_classes must be >= 2, got {num_classes}")
+        if absent_classes not in ("drop", "zero"):
+            raise ValueError(f"task {name!r}: absent_classes must be 'drop' or 'zero', got {absent_classes!r}")
         super().__init__(name, num_classes, weight)
-        self.num_classes, self.ignore_index = num_classes, ignore_index
+        self.num_classes, self.ignore_index, self.absent_classes = num_classes, ignore_index, absent_classes
         self.loss_fn = functools.partial(losses.cross_entropy, ignore_index=ignore_index)
         self.class_names = list(class_names) if class_names else [str(i) for i in range(num_classes)]
 
@@ -56,9 +67,9 @@ class SemanticSegmentation(Task):
     def to_label(self, pred: Tensor) -> Tensor:
         return pred.argmax(dim=1)
 
-    def build_metrics(self) -> nn.ModuleDict:
+    def build_metrics(self, approximate: bool = False) -> nn.ModuleDict:
         kw = dict(num_classes=self.num_classes, ignore_index=self.ignore_index, validate_args=False)
-        return nn.ModuleDict({"miou": MulticlassJaccardIndex(average="macro", **kw),
+        return nn.ModuleDict({"miou": MeanIoU(absent=self.absent_classes, **kw),
                               "pixel_acc": MulticlassAccuracy(average="micro", **kw)})
 
     def update_metrics(self, metrics, pred, target, present=None):
@@ -102,7 +113,7 @@ class Depth(Task):
     def valid_mask(self, target: Tensor) -> Tensor:
         return target > 0
 
-    def build_metrics(self) -> nn.ModuleDict:
+    def build_metrics(self, approximate: bool = False) -> nn.ModuleDict:
         return nn.ModuleDict({"rmse": DepthRMSE(), "absrel": DepthAbsRel(), "delta1": DepthDelta(1.25)})
 
     def colorize(self, label: Tensor) -> np.ndarray:
@@ -131,7 +142,7 @@ class SurfaceNormals(Task):
     def valid_mask(self, target: Tensor) -> Tensor:
         return (target.abs().sum(dim=1, keepdim=True) > 1e-6)
 
-    def build_metrics(self) -> nn.ModuleDict:
+    def build_metrics(self, approximate: bool = False) -> nn.ModuleDict:
         return nn.ModuleDict({"mean_angle": NormalsMeanAngle(), "median_angle": NormalsMedianAngle(),
                               "within_11_25": NormalsWithin(11.25), "within_22_5": NormalsWithin(22.5),
                               "within_30": NormalsWithin(30.0)})
@@ -147,25 +158,40 @@ class SurfaceNormals(Task):
 
 
 class Edges(Task):
-    """Binary edge maps (B, 1, H, W) in [0, 1]; logits out; class-balanced BCE; ODS-F metric."""
+    """Binary edge maps (B, 1, H, W) in [0, 1]; logits out; class-balanced BCE; BSDS ODS-F metric.
+
+    Args:
+        pos_weight: weight of edge pixels in the balanced BCE (non-edges: ``1 - pos_weight``).
+        max_dist: ODS-F match distance as a fraction of the image diagonal, a property of the
+            dataset (``edge_max_dist`` of the dataset classes: NYUD-v2 0.011, BSDS / PASCAL 0.0075).
+        min_pixels: floor of the match distance in pixels (binds only on small images).
+        thresholds: size of the ODS-F threshold grid (BSDS: 99).
+        metric_workers: worker processes counting ODS-F images in parallel (0: in-process); see
+            :class:`~vtagml.tasks.metrics.EdgeODSF`.
+    """
 
     kind = "edges"
     primary_metric = "odsf"
 
     def __init__(self, name: str = "edges", weight: float = 1.0, pos_weight: float = 0.95,
-                 tolerance: float = 0.0075, min_pixels: float = 1.0):
+                 max_dist: float = 0.0075, min_pixels: float = 1.0, thresholds: int = 99, metric_workers: int = 0):
         super().__init__(name, 1, weight)
         if not 0.0 < pos_weight < 1.0:
             raise ValueError(f"task {name!r}: pos_weight must be in (0, 1), got {pos_weight}")
-        self.pos_weight, self.tolerance, self.min_pixels = pos_weight, tolerance, min_pixels
+        if not 0.0 <= max_dist < 1.0:
+            raise ValueError(f"task {name!r}: max_dist must be a fraction of the image diagonal in [0, 1), "
+                             f"got {max_dist}")
+        self.pos_weight, self.max_dist, self.min_pixels, self.thresholds = pos_weight, max_dist, min_pixels, thresholds
+        self.metric_workers = metric_workers
         self.loss_fn = functools.partial(losses.balanced_bce, pos_weight=pos_weight)
 
     def to_label(self, pred: Tensor) -> Tensor:
         return torch.sigmoid(pred)
 
-    def build_metrics(self) -> nn.ModuleDict:
-        return nn.ModuleDict({"odsf": EdgeODSF(tolerance=self.tolerance, min_pixels=self.min_pixels),
-                              "loss": MaskedMean()})
+    def build_metrics(self, approximate: bool = False) -> nn.ModuleDict:
+        odsf = EdgeODSF(max_dist=self.max_dist, thresholds=self.thresholds, approximate=approximate,
+                        min_pixels=self.min_pixels, num_workers=self.metric_workers)
+        return nn.ModuleDict({"odsf": odsf, "loss": MaskedMean()})
 
     def update_metrics(self, metrics, pred, target, present=None):
         valid = self.masked_valid(target, present)
@@ -186,7 +212,7 @@ class Intensity(Task):
     def postprocess(self, raw: Tensor) -> Tensor:
         return torch.sigmoid(raw)
 
-    def build_metrics(self) -> nn.ModuleDict:
+    def build_metrics(self, approximate: bool = False) -> nn.ModuleDict:
         return nn.ModuleDict({"mae": MaskedMean()})
 
     def update_metrics(self, metrics, pred, target, present=None):
