@@ -196,20 +196,11 @@ def adapt(args: argparse.Namespace) -> dict:
 
 
 def adapt_main(argv: list[str] | None = None) -> None:
-    p = argparse.ArgumentParser(prog="vtagml adapt", description=__doc__.split("\n\n")[0])
-    p.add_argument("--model", type=Path, required=True, help="saved model directory trained on the source")
-    p.add_argument("--out", type=Path, required=True)
-    p.add_argument("--backbone", type=Path, default=None, help="backbone weights (default: as saved)")
-    p.add_argument("--source-domain", default="a")
-    p.add_argument("--target-domain", default="b")
-    p.add_argument("--size", type=int, default=64)
-    p.add_argument("--train-samples", type=int, default=1000)
-    p.add_argument("--val-samples", type=int, default=200)
-    p.add_argument("--batch-size", type=int, default=16)
-    p.add_argument("--epochs", type=int, default=2)
-    p.add_argument("--lr", type=float, default=1e-3)
+    from vtagml.transfer import model_parser
+    p = model_parser("vtagml adapt", __doc__.split("\n\n")[0], epochs=2, lr=1e-3)
+    p.add_argument("--source-domain", default="a", help="synthetic domain with labels")
+    p.add_argument("--target-domain", default="b", help="synthetic domain whose labels training never reads")
     p.add_argument("--adv-weight", type=float, default=0.01)
-    p.add_argument("--seed", type=int, default=0)
     p.add_argument("--baselines", action="store_true",
                    help="also fine-tune on the source only and on target labels (upper bound) at the same budget")
     adapt(p.parse_args(argv))

@@ -74,21 +74,28 @@ def _write_results(out: Path, results: dict, table: str) -> None:
     print(table)
 
 
-def _parser(prog: str, doc: str) -> argparse.ArgumentParser:
+def model_parser(prog: str, doc: str, epochs: int, lr: float) -> argparse.ArgumentParser:
+    """Options shared by the commands on a saved model: the model, output, backbone, synthetic data
+    and the training budget."""
     p = argparse.ArgumentParser(prog=prog, description=doc)
     p.add_argument("--model", type=Path, required=True, help="saved model directory (VTAGML.save_adapters)")
-    p.add_argument("--task", required=True, help="the new task's registered name (e.g. depth_zbuffer)")
     p.add_argument("--out", type=Path, required=True, help="output directory")
     p.add_argument("--backbone", type=Path, default=None, help="backbone weights (default: as the model was saved)")
-    p.add_argument("--data", type=Path, default=None, help="datamodule YAML {class_path, init_args} (default: synthetic)")
-    p.add_argument("--domain", default="a", help="synthetic appearance domain")
     p.add_argument("--size", type=int, default=64, help="synthetic image size")
     p.add_argument("--train-samples", type=int, default=1000)
     p.add_argument("--val-samples", type=int, default=200)
     p.add_argument("--batch-size", type=int, default=16)
-    p.add_argument("--epochs", type=int, default=3)
-    p.add_argument("--lr", type=float, default=4e-3)
+    p.add_argument("--epochs", type=int, default=epochs)
+    p.add_argument("--lr", type=float, default=lr)
     p.add_argument("--seed", type=int, default=0)
+    return p
+
+
+def _parser(prog: str, doc: str) -> argparse.ArgumentParser:
+    p = model_parser(prog, doc, epochs=3, lr=4e-3)
+    p.add_argument("--task", required=True, help="the new task's registered name (e.g. depth_zbuffer)")
+    p.add_argument("--data", type=Path, default=None, help="datamodule YAML {class_path, init_args} (default: synthetic)")
+    p.add_argument("--domain", default="a", help="synthetic appearance domain")
     return p
 
 
