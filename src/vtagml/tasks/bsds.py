@@ -21,8 +21,9 @@ possible and only then minimizes distance. With a single ground truth the counts
 number of matches only, so we compute that number exactly as a maximum-cardinality bipartite
 matching (a unit-capacity max-flow, Dinic's algorithm in SciPy) instead of solving the
 assignment. (Strictly, CSA's objective would give up one match when keeping it needed more than
-``100 * maxDist`` of extra total displacement along a chain of pixels; on NYUD-like maps the
-two counts were identical at every threshold we checked.)
+``100 * maxDist`` of extra total displacement along a chain of pixels; on 10 NYUD-like
+480x640 maps x 5 thresholds, an exact solution of CSA's objective, with its integer costs,
+gave the same count every time.)
 """
 
 from __future__ import annotations
@@ -231,8 +232,8 @@ def match_count(pred: np.ndarray, gt: np.ndarray, max_dist: float, min_pixels: f
     """Number of one-to-one matches between two boundary maps (H, W) bool, as in ``correspondPixels``.
 
     Pixels match within ``max(min_pixels, max_dist * diagonal)`` pixels (Euclidean, inclusive);
-    the result is the size of a maximum matching, which is the number of pairs of BSDS's
-    minimum-cost assignment with outliers (see the module docstring).
+    the result is the size of a maximum matching, the number of pairs of BSDS's minimum-cost
+    assignment with outliers (but for the caveat in the module docstring).
 
     >>> pred = np.zeros((3, 4), bool); gt = np.zeros((3, 4), bool)
     >>> pred[0, 1:3] = True; gt[0, 0:2] = True  # nearest-first greedy pairs (0,1) with itself: 1

@@ -214,8 +214,9 @@ class EdgeODSF(Metric):
             would match exact overlaps only.
         thin: thin the binarized predictions (BSDS ``thin``; off for maps that are thin already).
         num_workers: worker processes that count the images of a batch in parallel (0: in this
-            process). About 1.4 s of CPU per 480x640 image (exact mode), so NYUD-v2 val (654
-            images) takes ~15 CPU-minutes: spread it over cores (and ranks, under DDP).
+            process). About 1.05 s of CPU per 480x640 image in exact mode (0.2 s approximate), so
+            NYUD-v2 val (654 images) takes ~11.5 CPU-minutes: spread it over cores (and ranks,
+            under DDP).
 
     ``update(prob, target, valid)`` takes probabilities (B, 1, H, W) in [0, 1], targets (B, 1, H, W)
     (edge where > 0.5) and ``valid`` (B, 1, H, W): samples without any valid pixel are skipped.
