@@ -320,3 +320,16 @@ def test_evaluation_resizes_images_only_and_predictions_back_to_native_labels(tm
     pred = torch.arange(6.0).view(1, 1, 2, 3)
     assert at_label_size(pred, torch.zeros(1, 1, 2, 3)) is pred
     assert at_label_size(pred, torch.zeros(1, 4, 6)).shape == (1, 1, 4, 6)
+
+
+def test_edge_match_distance_comes_from_the_dataset(tmp_path, tiny_checkpoint, nyud):
+    from vtagml.data import FolderDataModule
+    dm = FolderDataModule("nyudv2", str(nyud), tasks=list(TASKS), num_workers=0, batch_size=1, pin_memory=False)
+    assert dm.edge_max_dist == 0.011 and tiny_data().edge_max_dist == 0.0075
+    net = VTAGML(TINY_SWIN["name"], tasks=TASKS, num_classes=40, img_size=64, checkpoint_path=tiny_checkpoint,
+                 backbone_kwargs=TINY_SWIN["kwargs"], adapt_last_k=2, embed_dim=8, decoder_channels=16)
+    module = MultitaskModule(net)
+    assert module.val_metrics["edges"]["odsf"].max_dist == 0.0075
+    trainer(tmp_path).validate(module, dm)
+    assert module.val_metrics["edges"]["odsf"].max_dist == 0.011 and net.tasks[3].max_dist == 0.011
+    assert module.test_metrics["edges"]["odsf"].max_dist == 0.011

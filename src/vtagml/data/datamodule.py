@@ -76,6 +76,12 @@ class MultitaskDataModule(L.LightningDataModule):
         self.predict_dir = predict_dir
         self.datasets: dict[str, Dataset] = {}
 
+    @property
+    def edge_max_dist(self) -> float | None:
+        """Edge ODS-F match distance (fraction of the image diagonal) of the data's dataset class."""
+        cls = getattr(self, "dataset_cls", None)
+        return getattr(cls, "edge_max_dist", None)
+
     def _loader(self, split: str, shuffle: bool = False, batch_size: int | None = None) -> DataLoader:
         if split not in self.datasets:
             raise RuntimeError(f"no {split} dataset: call setup() for the right stage first")
@@ -132,6 +138,8 @@ class SyntheticDataModule(MultitaskDataModule):
         batch_size, num_workers, pin_memory, persistent_workers: DataLoader options.
         predict_dir: folder of images for ``predict``.
     """
+
+    dataset_cls = SyntheticScenes
 
     def __init__(self, tasks: Sequence[str] = ("semseg", "depth", "normals", "edges"), size: int | Sequence[int] = 64,
                  domain: str = "a", test_domain: str | None = None, train_samples: int = 2000,
