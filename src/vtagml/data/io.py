@@ -17,6 +17,20 @@ from PIL import Image
 _GRAY16_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I")
 
 
+def _umask() -> int:
+    """The process's umask, read without changing it where the OS tells (Linux), else set and reset."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 def atomic_write(path: str | os.PathLike, write: Callable[[Path], object], fsync: bool = True) -> None:
     """Create or replace ``path`` so that readers (and a kill at any moment) see the old file or the
     new one, never a partial one.
@@ -31,6 +45,7 @@ def atomic_write(path: str | os.PathLike, write: Callable[[Path], object], fsync
     os.close(fd)
     tmp = Path(name)
     try:
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; give the file a normal file's mode
         write(tmp)
         if fsync:
             fd = os.open(tmp, os.O_RDONLY)
