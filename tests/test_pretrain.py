@@ -38,3 +38,81 @@ def test_batch_boxes_follow_images_and_flips():
     for (b, x1, y1, x2, y2), (_, fx1, fy1, fx2, fy2) in zip(picked.tolist(), flipped_boxes.tolist()):
         assert (fy1, fy2) == (y1, y2)
         assert (fx1, fx2) == ((10 - x2, 10 - x1) if flip[int(b)] else (x1, x2))
+
+
+def _demo_backbone(**kw):
+    from vtagml.models.backbone import create_backbone
+    from vtagml.pretrain import DEMO_BACKBONE, demo_weights_path
+    return create_backbone(DEMO_BACKBONE["name"], DEMO_BACKBONE["img_size"], checkpoint_path=demo_weights_path(),
+                           **DEMO_BACKBONE["kwargs"], **kw)
+
+
+def _assert_holds_the_shipped_weights(model):
+    from safetensors.torch import load_file
+    from vtagml.pretrain import demo_weights_path
+    shipped = load_file(str(demo_weights_path()))
+    own = model.state_dict()
+    assert set(shipped) <= set(own)
+    for key, value in shipped.items():
+        assert torch.equal(own[key], value.to(own[key].dtype)), key
+
+
+def test_shipped_demo_weights_load_exactly():
+    """Every tensor of the shipped backbone lands under its own name (on every timm the pins admit:
+    CI runs this with the lowest one too)."""
+    _assert_holds_the_shipped_weights(_demo_backbone())
+
+
+def test_timm_layout_checkpoint_survives_an_old_timm_filter(monkeypatch):
+    """timm <= 1.0.30 takes any checkpoint without ``head.fc.weight`` (a headless one, like the demo
+    weights) for the original Swin layout and shifts every ``layers.i.downsample`` to ``i + 1``; the
+    weights are in timm's layout already, so that shift must not happen."""
+    import re
+
+    import timm.models.swin_transformer as swin
+
+    newer = swin.checkpoint_filter_fn
+
+    def filter_of_timm_1_0_29(state_dict, model):
+        if "head.fc.weight" not in state_dict:  # timm 1.0.9 to 1.0.30: "old weights"
+            state_dict = {re.sub(r"layers.(\d+).downsample", lambda m: f"layers.{int(m.group(1)) + 1}.downsample",
+                                 k).replace("head.", "head.fc."): v for k, v in state_dict.items()}
+        return newer(state_dict, model)
+
+    monkeypatch.setattr(swin, "checkpoint_filter_fn", filter_of_timm_1_0_29)
+    _assert_holds_the_shipped_weights(_demo_backbone())
+
+
+def test_original_swin_layout_is_still_converted(tmp_path):
+    """A checkpoint in the original Swin repository's layout (patch merging at the end of a stage,
+    ``head.weight``) still goes through timm's conversion."""
+    import re
+
+    from safetensors.torch import load_file, save_file
+    from vtagml.pretrain import demo_weights_path
+
+    shipped = load_file(str(demo_weights_path()))
+    original = {re.sub(r"layers.(\d+).downsample", lambda m: f"layers.{int(m.group(1)) - 1}.downsample", k): v
+                for k, v in shipped.items()}
+    assert "layers.0.downsample.reduction.weight" in original
+    original["head.weight"] = torch.zeros(1000, shipped["norm.weight"].shape[0], dtype=torch.float16)
+    path = tmp_path / "original_layout.safetensors"
+    save_file(original, str(path))
+    from vtagml.models.backbone import create_backbone
+    from vtagml.pretrain import DEMO_BACKBONE
+    model = create_backbone(DEMO_BACKBONE["name"], DEMO_BACKBONE["img_size"], checkpoint_path=path,
+                            **DEMO_BACKBONE["kwargs"])
+    _assert_holds_the_shipped_weights(model)
+
+
+def test_pretrain_writes_to_the_current_folder_by_default(monkeypatch):
+    """``vtagml pretrain`` never overwrites the weights inside the installed package."""
+    from pathlib import Path
+
+    import vtagml.pretrain as pretrain
+
+    calls = []
+    monkeypatch.setattr(pretrain, "pretrain", lambda out, *args: calls.append(out))
+    pretrain.main([])
+    pretrain.main(["--out", "w.safetensors"])
+    assert calls == [Path("demo_swin.safetensors"), Path("w.safetensors")]

@@ -27,7 +27,9 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger
 
 from vtagml.data.datamodule import SyntheticDataModule
+from vtagml.data.io import atomic_write
 from vtagml.engine.artifacts import AffinityArtifacts, prediction_grid
+from vtagml.engine.checkpoint import AtomicCheckpointIO
 from vtagml.engine.module import MultitaskModule
 from vtagml.models.vtagml import VTAGML
 from vtagml.pretrain import DEMO_BACKBONE, demo_weights_path
@@ -71,17 +73,28 @@ def _table(metrics: dict) -> str:
     return "\n".join(lines)
 
 
+def demo_trainer(out: Path, epochs: int) -> L.Trainer:
+    """The demo's trainer: one checkpoint ``out/vtagml-demo.ckpt``, replaced atomically at every
+    save (a kill leaves the previous one or the new one, complete)."""
+    return L.Trainer(max_epochs=epochs, accelerator="auto", devices=1, default_root_dir=out,
+                     logger=CSVLogger(out, name="logs"), gradient_clip_val=1.0, num_sanity_val_steps=0,
+                     enable_model_summary=False, log_every_n_steps=10, plugins=[AtomicCheckpointIO()],
+                     callbacks=[ModelCheckpoint(dirpath=out, filename="vtagml-demo", enable_version_counter=False),
+                                AffinityArtifacts(out)])
+
+
+def _write_json(obj, path: Path) -> None:
+    with open(path, "w") as f:
+        json.dump(obj, f, indent=2)
+
+
 def run_demo(out: Path, epochs: int = 6, train_samples: int = 2000, batch_size: int = 16, lr: float = 4e-3,
              seed: int = 0, weights: Path | None = None) -> dict:
     start = time.time()
     out.mkdir(parents=True, exist_ok=True)
     L.seed_everything(seed, workers=True)
     module, dm = build_demo(train_samples, 200, batch_size, lr, seed, weights)
-    trainer = L.Trainer(max_epochs=epochs, accelerator="auto", devices=1, default_root_dir=out,
-                        logger=CSVLogger(out, name="logs"), gradient_clip_val=1.0, num_sanity_val_steps=0,
-                        enable_model_summary=False, log_every_n_steps=10,
-                        callbacks=[ModelCheckpoint(dirpath=out, filename="vtagml-demo", enable_version_counter=False),
-                                   AffinityArtifacts(out)])
+    trainer = demo_trainer(out, epochs)
     fit_start = time.time()
     trainer.fit(module, dm)
     fit_seconds = time.time() - fit_start
@@ -102,7 +115,8 @@ def run_demo(out: Path, epochs: int = 6, train_samples: int = 2000, batch_size: 
     targets = {t.name: torch.stack([s[t.name] for s in samples]) for t in net.tasks}
     prediction_grid(images, targets, labels, net.tasks, out / "predictions.png")
     from safetensors.torch import save_file
-    save_file({k: v.contiguous() for k, v in net.trainable_state_dict().items()}, str(out / "adapters.safetensors"))
+    adapters = {k: v.contiguous() for k, v in net.trainable_state_dict().items()}
+    atomic_write(out / "adapters.safetensors", lambda tmp: save_file(adapters, str(tmp)))
 
     report = net.parameter_report()
     trained_images = trainer.current_epoch * len(dm.datasets["train"]) if trainer.current_epoch else 0
@@ -123,8 +137,7 @@ def run_demo(out: Path, epochs: int = 6, train_samples: int = 2000, batch_size: 
         "wall_time_s": round(time.time() - start, 1),
         "device": str(module.device),
     }
-    with open(out / "metrics.json", "w") as f:
-        json.dump(result, f, indent=2)
+    atomic_write(out / "metrics.json", lambda tmp: _write_json(result, tmp))
     print("\n" + _table(per_task))
     print(f"\ntrainable parameters {result['parameters']['trainable']:,} of {result['parameters']['total']:,} "
           f"({100 * result['parameters']['trainable_fraction']:.1f}%); {result['train_images_per_s']} train img/s; "

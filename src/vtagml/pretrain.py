@@ -17,7 +17,10 @@ No depth, normals, edges or per-pixel semantic label is used (object boxes and t
 only). Only the backbone's weights are saved (safetensors, float16), under timm's own key
 names, so they load through the same ``checkpoint_path`` as any user's timm checkpoint.
 
-Usage: ``vtagml pretrain --out weights.safetensors`` (or ``python scripts/pretrain_backbone.py``).
+Usage: ``vtagml pretrain [--out demo_swin.safetensors]`` (or ``python scripts/pretrain_backbone.py``)
+writes to the current folder (never into the installed package); ``vtagml demo --weights FILE``
+uses the result. In a checkout, ``--out src/vtagml/weights/demo_swin.safetensors`` replaces the
+shipped weights.
 """
 
 from __future__ import annotations
@@ -35,6 +38,7 @@ from timm.data import resolve_model_data_config
 from torch import nn
 from torchvision.ops import roi_align
 
+from vtagml.data.io import atomic_write
 from vtagml.data.synthetic import FIRST_OBJECT_INSTANCE, SEMSEG_CLASSES, render_scene
 from vtagml.models.backbone import create_backbone
 
@@ -48,6 +52,7 @@ OBJECT_CLASSES = [SEMSEG_CLASSES.index(c) for c in ("box", "sphere", "cylinder")
 
 
 def demo_weights_path() -> Path:
+    """The shipped demo backbone (``vtagml://weights/demo_swin.safetensors`` in a config)."""
     return Path(__file__).parent / "weights" / "demo_swin.safetensors"
 
 
@@ -181,10 +186,9 @@ def pretrain(out: Path, num_images: int = 6000, epochs: int = 30, batch_size: in
     from safetensors.torch import save_file
     out.parent.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().half().contiguous() for k, v in backbone.state_dict().items() if not k.startswith("head.")}
-    tmp = out.with_suffix(".tmp")
-    save_file(state, str(tmp), metadata={"recipe": "simmim+object-box-classification", "seed": str(seed),
-                                         "architecture": json.dumps(DEMO_BACKBONE)})
-    tmp.replace(out)
+    metadata = {"recipe": "simmim+object-box-classification", "seed": str(seed),
+                "architecture": json.dumps(DEMO_BACKBONE)}
+    atomic_write(out, lambda tmp: save_file(state, str(tmp), metadata=metadata))
     info = dict(seconds=round(time.time() - start), steps=total, final=history[-1] if history else None,
                 num_params=sum(v.numel() for v in state.values()), bytes=out.stat().st_size)
     print(json.dumps(info), flush=True)
@@ -193,7 +197,8 @@ def pretrain(out: Path, num_images: int = 6000, epochs: int = 30, batch_size: in
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="vtagml pretrain", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--out", type=Path, default=demo_weights_path())
+    parser.add_argument("--out", type=Path, default=Path("demo_swin.safetensors"),
+                        help="output file (default: demo_swin.safetensors in the current folder)")
     parser.add_argument("--num-images", type=int, default=6000)
     parser.add_argument("--epochs", type=int, default=30)
     parser.add_argument("--batch-size", type=int, default=64)

@@ -5,6 +5,8 @@ The backbone is any timm Swin or Swin V2 model name (``swin_tiny_patch4_window7_
 CPU model (``embed_dim``, ``depths``, ``num_heads``, ``window_size``). Weights come from timm
 (``pretrained=True``, needs the hub) or a local file (``checkpoint_path``: ``.safetensors``
 or a ``.pth``/``.pt``/``.bin`` state dict, also in the original Swin repository's format).
+``vtagml://weights/demo_swin.safetensors`` names a file shipped inside the installed package (the
+demo backbone), wherever the package is installed.
 """
 
 from __future__ import annotations
@@ -20,6 +22,24 @@ from torch import nn
 _SWIN_MODULES = ("swin_transformer", "swin_transformer_v2")
 #: Keys a local checkpoint may carry that the feature backbone does not use.
 _UNUSED_PREFIXES = ("head.", "norm.")
+#: Prefix of a checkpoint path inside the installed ``vtagml`` package.
+PACKAGE_SCHEME = "vtagml://"
+
+
+def resolve_checkpoint_path(path: str | os.PathLike) -> Path:
+    """``path`` as a local file; ``vtagml://REL`` is ``REL`` inside the installed package
+    (``vtagml://weights/demo_swin.safetensors``: the demo backbone)."""
+    text = os.fspath(path)
+    if not text.startswith(PACKAGE_SCHEME):
+        return Path(text)
+    import vtagml
+    package = Path(vtagml.__file__).resolve().parent
+    rel = text[len(PACKAGE_SCHEME):]
+    resolved = (package / rel).resolve()
+    if package not in resolved.parents or not resolved.is_file():
+        shipped = sorted(f"{PACKAGE_SCHEME}weights/{p.name}" for p in (package / "weights").glob("*.safetensors"))
+        raise FileNotFoundError(f"{text} is not a file shipped with vtagml (shipped weights: {shipped})")
+    return resolved
 
 
 def _is_swin(model: nn.Module) -> bool:
@@ -33,7 +53,7 @@ def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
 
     A torch file may hold the state dict itself or under ``state_dict`` / ``model``.
     """
-    path = Path(path)
+    path = resolve_checkpoint_path(path)
     if not path.is_file():
         raise FileNotFoundError(f"backbone checkpoint not found: {path}")
     try:
@@ -55,11 +75,19 @@ def load_backbone_checkpoint(model: nn.Module, path: str | os.PathLike) -> None:
     """Load a local checkpoint into a timm Swin; error names missing and unexpected keys.
 
     The classifier head and final norm may be absent or extra (they are not used for dense
-    prediction). The original Swin format is converted by timm's own ``checkpoint_filter_fn``.
+    prediction). The original Swin format is converted by timm's own ``checkpoint_filter_fn``
+    (which also resizes position tables and patch embeddings), but the layout is decided here:
+    timm up to 1.0.30 takes every checkpoint without ``head.fc.weight`` (a headless one, such as
+    the demo weights) for the original layout and would shift its patch-merging layers by a stage.
     """
     state = read_state_dict(path)
     module = __import__(type(model).__module__, fromlist=["checkpoint_filter_fn"])
     if hasattr(module, "checkpoint_filter_fn"):
+        # the original Swin repository merges patches at the end of a stage (stage 0 has one), timm
+        # at the start of the next (stage 0 has none)
+        original_layout = any(k.startswith("layers.0.downsample.") for k in state)
+        if not original_layout and "head.fc.weight" not in state:
+            state = dict(state, **{"head.fc.weight": torch.empty(0)})  # timm's own mark of its layout
         try:
             state = module.checkpoint_filter_fn(state, model)
         except Exception as err:  # shapes or names that timm cannot convert
