@@ -12,8 +12,10 @@ def test_demo_writes_every_artifact(tmp_path):
     out = tmp_path / "demo"
     main(["--out", str(out)])
     for name in ("metrics.json", "affinity.csv", "affinity.png", "predictions.png", "vtagml-demo.ckpt",
-                 "adapters.safetensors"):
+                 "model/config.json", "model/adapters.safetensors"):
         assert (out / name).stat().st_size > 0, name
+    from vtagml import VTAGML
+    assert VTAGML.from_adapters(out / "model").task_names == ["semseg", "depth", "normals", "edges"]
     metrics = json.load(open(out / "metrics.json"))
     assert set(metrics["tasks"]) == {"semseg", "depth", "normals", "edges"}
     assert set(metrics["targets"]) == set(TARGETS)

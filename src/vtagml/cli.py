@@ -12,10 +12,14 @@
   ``--trainer.plugins`` names another checkpoint IO.
 - ``vtagml data check --dataset nyudv2 --root DIR``: validate a dataset download.
 - ``vtagml pretrain``: reproduce the demo backbone weights.
+- ``vtagml benchmark``: baselines and ablations in one table (:mod:`vtagml.benchmark`).
+- ``vtagml add-task`` / ``zero-shot`` (:mod:`vtagml.transfer`), ``vtagml adapt``
+  (:mod:`vtagml.adaptation`): generalization on a saved model directory.
 """
 
 from __future__ import annotations
 
+import importlib
 import re
 import sys
 from pathlib import Path
@@ -42,11 +46,29 @@ commands:
   vtagml demo [--out DIR]                         train and evaluate on the embedded synthetic scenes
   vtagml data check --dataset NAME --root DIR     validate a dataset download before a long run
   vtagml pretrain [--out FILE]                    reproduce the demo backbone weights
+  vtagml benchmark --config PRESET [--methods ...] [--seeds N] --out DIR
+                                                  baselines, ablations and Δm in one table
+  vtagml add-task --model DIR --task NAME --out DIR
+                                                  grow a saved model by a labelled task (others bit-identical)
+  vtagml zero-shot --model DIR --task NAME (--prior T=W,... | --affinity-from DIR) --out DIR
+                                                  compose a task without labels from the known ones
+  vtagml adapt --model DIR --out DIR [--baselines]
+                                                  unsupervised domain adaptation (synthetic a -> b)
 
 CONFIG is a YAML file or the name of a packaged config: {configs}.
 `vtagml fit --config demo.yaml --print_config` prints a full, editable configuration;
 `vtagml COMMAND --help` lists a command's options.
 """
+
+
+#: Commands implemented as ``main(argv)`` functions elsewhere in the package: name -> "module:function".
+_MODULE_COMMANDS = {
+    "pretrain": "vtagml.pretrain:main",
+    "add-task": "vtagml.transfer:add_task_main",
+    "zero-shot": "vtagml.transfer:zero_shot_main",
+    "adapt": "vtagml.adaptation:adapt_main",
+    "benchmark": "vtagml.benchmark:main",
+}
 
 
 def packaged_configs() -> list[str]:
@@ -146,9 +168,9 @@ def main(argv: list[str] | None = None) -> None:
             raise SystemExit("usage: vtagml data check --dataset NAME --root DIR")
         from vtagml.data.check import main as check_main
         check_main(rest[1:])
-    elif command == "pretrain":
-        from vtagml.pretrain import main as pretrain_main
-        pretrain_main(rest)
+    elif command in _MODULE_COMMANDS:
+        module, function = _MODULE_COMMANDS[command].split(":")
+        getattr(importlib.import_module(module), function)(rest)
     else:
         run_cli(None if argv is None else args)  # None: LightningCLI reads sys.argv itself
 

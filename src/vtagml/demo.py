@@ -9,8 +9,9 @@ evaluates on the validation split, and writes to ``--out``:
 - ``affinity.csv`` / ``affinity.png``: the TROA task affinities A (``metrics.json`` also holds
   the conditioning weights alpha);
 - ``predictions.png``: image / ground truth / prediction per task for a few validation samples;
-- ``vtagml-demo.ckpt`` (Lightning checkpoint, resumable) and ``adapters.safetensors``
-  (trained weights only, to load on any copy of the backbone).
+- ``vtagml-demo.ckpt`` (Lightning checkpoint, resumable) and ``model/`` (``config.json`` and
+  ``adapters.safetensors``: the trained model as a directory, ``VTAGML.from_adapters``; what
+  ``vtagml add-task``, ``zero-shot`` and ``adapt`` read).
 """
 
 from __future__ import annotations
@@ -114,9 +115,7 @@ def run_demo(out: Path, epochs: int = 6, train_samples: int = 2000, batch_size: 
     labels = {t.name: t.to_label(preds[t.name]).cpu() for t in net.tasks}
     targets = {t.name: torch.stack([s[t.name] for s in samples]) for t in net.tasks}
     prediction_grid(images, targets, labels, net.tasks, out / "predictions.png")
-    from safetensors.torch import save_file
-    adapters = {k: v.contiguous() for k, v in net.trainable_state_dict().items()}
-    atomic_write(out / "adapters.safetensors", lambda tmp: save_file(adapters, str(tmp)))
+    net.save_adapters(out / "model")
 
     report = net.parameter_report()
     trained_images = trainer.current_epoch * len(dm.datasets["train"]) if trainer.current_epoch else 0
@@ -142,7 +141,8 @@ def run_demo(out: Path, epochs: int = 6, train_samples: int = 2000, batch_size: 
     print(f"\ntrainable parameters {result['parameters']['trainable']:,} of {result['parameters']['total']:,} "
           f"({100 * result['parameters']['trainable_fraction']:.1f}%); {result['train_images_per_s']} train img/s; "
           f"wall time {result['wall_time_s']:.0f} s")
-    print(f"wrote {out}/metrics.json, affinity.csv, affinity.png, predictions.png, vtagml-demo.ckpt, adapters.safetensors")
+    print(f"wrote {out}/metrics.json, affinity.csv, affinity.png, predictions.png, vtagml-demo.ckpt, "
+          f"model/ (config.json, adapters.safetensors)")
     return result
 
 
