@@ -243,8 +243,8 @@ def test_a_checkpoint_io_given_on_the_command_line_is_kept(tmp_path, tiny_checkp
 
 
 def test_demo_replaces_metrics_and_adapters_atomically(tmp_path, monkeypatch, tiny_checkpoint):
-    """A failure while ``metrics.json`` or ``adapters.safetensors`` is written leaves the previous
-    file and no temporary file (the demo runs with a tiny model here)."""
+    """A failure while ``metrics.json`` or ``model/adapters.safetensors`` is written leaves the
+    previous file and no temporary file (the demo runs with a tiny model here)."""
     import json
 
     import safetensors.torch
@@ -277,9 +277,10 @@ def test_demo_replaces_metrics_and_adapters_atomically(tmp_path, monkeypatch, ti
         with pytest.raises(OSError, match="disk full"):
             demo.run_demo(out, epochs=1)
     assert (out / "metrics.json").read_text() == '{"previous": true}'
-    adapters = (out / "adapters.safetensors").read_bytes()
-    assert load_file(str(out / "adapters.safetensors"))
-    assert not [p.name for p in out.iterdir() if p.name.startswith(".")]
+    weights = out / "model" / "adapters.safetensors"
+    adapters = weights.read_bytes()
+    assert load_file(str(weights))
+    assert not [p.name for p in out.rglob(".*")]
 
     def broken_save_file(tensors, filename, metadata=None):
         Path(filename).write_bytes(b"partial")
@@ -289,8 +290,8 @@ def test_demo_replaces_metrics_and_adapters_atomically(tmp_path, monkeypatch, ti
         m.setattr(safetensors.torch, "save_file", broken_save_file)
         with pytest.raises(OSError, match="disk full"):
             demo.run_demo(out, epochs=1)
-    assert (out / "adapters.safetensors").read_bytes() == adapters
-    assert not [p.name for p in out.iterdir() if p.name.startswith(".")]
+    assert weights.read_bytes() == adapters
+    assert not [p.name for p in out.rglob(".*")]
 
 
 # --- the vtagml command -----------------------------------------------------------------------
