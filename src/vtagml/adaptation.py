@@ -95,7 +95,8 @@ class AdaptationModule(MultitaskModule):
 
     Args:
         net: the model (trained on the source, typically).
-        adv_weight: weight of the adversarial losses (also the reversed gradient's scale).
+        adv_weight: scale of the reversed adversarial gradient that reaches the model (the
+            discriminators learn from their loss unweighted).
         disc_width: discriminator width.
         **kwargs: :class:`MultitaskModule` options.
     """
@@ -114,7 +115,9 @@ class AdaptationModule(MultitaskModule):
             adv[task.name] = adversarial_loss(self.discriminators[task.name], discriminator_input(task, src_preds[task.name]),
                                               discriminator_input(task, tgt_preds[task.name]), self.hparams.adv_weight)
         self.log_dict({f"train/adv/{k}": v.detach() for k, v in adv.items()}, batch_size=target["image"].shape[0])
-        return supervised + self.hparams.adv_weight * torch.stack(list(adv.values())).sum()
+        # the discriminators learn from their loss at full rate; the model gets -adv_weight times its
+        # gradient through the reversal (weighting the loss too would scale the model's by adv_weight^2)
+        return supervised + torch.stack(list(adv.values())).sum()
 
     def parameter_groups(self) -> list[dict]:
         return super().parameter_groups() + [{"params": list(self.discriminators.parameters()), "weight_decay": 0.0}]
