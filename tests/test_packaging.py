@@ -142,16 +142,23 @@ def _leftovers(folder: Path, keep: Path) -> list[str]:
     return sorted(p.name for p in folder.iterdir() if p != keep)
 
 
-def test_checkpoint_save_killed_at_any_point_keeps_a_complete_checkpoint(fitted_cli, tmp_path):
-    """``$TMPDIR`` on another filesystem, the save is killed before each of its filesystem changes
-    in turn: the checkpoint is always the previous one or the new one, complete; nothing is left in
-    ``$TMPDIR``; what is left next to the checkpoint goes with the next save."""
-    trainer = fitted_cli.trainer
+def _saved_checkpoint(trainer, tmp_path):
+    """A checkpoint folder with one saved checkpoint, and a ``$TMPDIR`` stand-in on the side:
+    (folder, tmpdir, checkpoint path, its bytes)."""
     folder, tmpdir = tmp_path / "ckpt", tmp_path / "othertmp"
     folder.mkdir()
     tmpdir.mkdir()
     path = folder / "vtagml-demo.ckpt"
     trainer.save_checkpoint(path)
+    return folder, tmpdir, path, path.read_bytes()
+
+
+def test_checkpoint_save_killed_at_any_point_keeps_a_complete_checkpoint(fitted_cli, tmp_path):
+    """``$TMPDIR`` on another filesystem, the save is killed before each of its filesystem changes
+    in turn: the checkpoint is always the previous one or the new one, complete; nothing is left in
+    ``$TMPDIR``; what is left next to the checkpoint goes with the next save."""
+    trainer = fitted_cli.trainer
+    folder, tmpdir, path, _ = _saved_checkpoint(trainer, tmp_path)
     for kill_at in range(1, 100):
         status = _save_in_killed_child(trainer, path, tmpdir, kill_at_event=kill_at)
         _assert_complete_checkpoint(path)
@@ -170,12 +177,7 @@ def test_checkpoint_save_killed_mid_write_keeps_a_complete_checkpoint(fitted_cli
     """The save is killed half-way through writing a file (the checkpoint's bytes, or a copy of
     them), ``$TMPDIR`` on another filesystem: the previous checkpoint is intact."""
     trainer = fitted_cli.trainer
-    folder, tmpdir = tmp_path / "ckpt", tmp_path / "othertmp"
-    folder.mkdir()
-    tmpdir.mkdir()
-    path = folder / "vtagml-demo.ckpt"
-    trainer.save_checkpoint(path)
-    before = path.read_bytes()
+    folder, tmpdir, path, before = _saved_checkpoint(trainer, tmp_path)
     status = _save_in_killed_child(trainer, path, tmpdir, kill_mid_write=True)
     assert os.WIFSIGNALED(status), status
     assert path.read_bytes() == before
@@ -188,12 +190,7 @@ def test_checkpoint_save_killed_mid_write_keeps_a_complete_checkpoint(fitted_cli
 def test_failed_checkpoint_save_leaves_the_previous_one_and_no_temporary_file(fitted_cli, tmp_path,
                                                                               monkeypatch):
     trainer = fitted_cli.trainer
-    folder, tmpdir = tmp_path / "ckpt", tmp_path / "othertmp"
-    folder.mkdir()
-    tmpdir.mkdir()
-    path = folder / "vtagml-demo.ckpt"
-    trainer.save_checkpoint(path)
-    before = path.read_bytes()
+    folder, tmpdir, path, before = _saved_checkpoint(trainer, tmp_path)
     monkeypatch.setenv("TMPDIR", str(tmpdir))
     monkeypatch.setattr(tempfile, "tempdir", None)
 
