@@ -32,7 +32,6 @@ import colorsys
 import functools
 import math
 import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
@@ -40,6 +39,8 @@ from typing import Sequence
 import numpy as np
 import torch
 from torch.utils.data import Dataset
+
+from vtagml.data.io import atomic_write
 
 #: Semantic classes of the synthetic scenes, in label order.
 SEMSEG_CLASSES: tuple[str, ...] = ("floor", "wall", "ceiling", "box", "sphere", "cylinder")
@@ -471,21 +472,6 @@ def to_sample(arrays: dict, tasks: Sequence[str]) -> dict[str, torch.Tensor]:
     return sample
 
 
-def _atomic_save(path: Path, arrays: dict) -> None:
-    """Write ``arrays`` to ``path`` so that readers see the old file, the new one, or none."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            np.savez(f, **arrays)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 class SyntheticScenes(Dataset):
     """Synthetic multitask indoor scenes, rendered on the fly (optionally cached to disk).
 
@@ -553,7 +539,8 @@ class SyntheticScenes(Dataset):
             except Exception:  # unreadable: re-render and overwrite below
                 pass
         arrays = render_scene(self.seed, self.split, index, self.domain, self.size)
-        _atomic_save(path, arrays)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write(path, lambda tmp: np.savez(tmp, **arrays))
         return arrays
 
     def __getitem__(self, index: int) -> dict[str, torch.Tensor]:

@@ -17,11 +17,7 @@ import torch  # noqa: E402
 from lightning.pytorch.callbacks import BasePredictionWriter, Callback  # noqa: E402
 from PIL import Image  # noqa: E402
 
-
-def _atomic_replace(path: Path, write) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    write(tmp)
-    os.replace(tmp, path)
+from vtagml.data.io import atomic_write  # noqa: E402
 
 
 def save_affinity_csv(affinity: torch.Tensor, names: Sequence[str], path: str | os.PathLike) -> None:
@@ -36,7 +32,7 @@ def save_affinity_csv(affinity: torch.Tensor, names: Sequence[str], path: str | 
             w.writerow(["from \\ to", *names])
             for name, row in zip(names, z):
                 w.writerow([name, *[f"{v:.6g}" for v in row]])
-    _atomic_replace(path, write)
+    atomic_write(path, write)
 
 
 def plot_affinity(affinity: torch.Tensor, names: Sequence[str], path: str | os.PathLike,
@@ -58,7 +54,7 @@ def plot_affinity(affinity: torch.Tensor, names: Sequence[str], path: str | os.P
     ax.set_title(title, fontsize=10)
     fig.colorbar(im, ax=ax, fraction=0.046)
     fig.tight_layout()
-    _atomic_replace(Path(path), lambda tmp: fig.savefig(tmp, format="png"))
+    atomic_write(Path(path), lambda tmp: fig.savefig(tmp, format="png"))
     plt.close(fig)
 
 
@@ -86,7 +82,7 @@ def prediction_grid(images: torch.Tensor, targets: dict, labels: dict, tasks, pa
     ax.set_xticks([cell * (i + 0.5) for i in range(len(titles))], titles, rotation=30, ha="right", fontsize=8)
     ax.set_yticks([])
     fig.tight_layout()
-    _atomic_replace(Path(path), lambda tmp: fig.savefig(tmp, format="png"))
+    atomic_write(Path(path), lambda tmp: fig.savefig(tmp, format="png"))
     plt.close(fig)
 
 
@@ -135,7 +131,6 @@ class PredictionWriter(BasePredictionWriter):
         self._written = set()
 
     def write_on_batch_end(self, trainer, module, prediction, batch_indices, batch, batch_idx, dataloader_idx=0):
-        from vtagml.data.io import atomic_write
         tasks = {t.name: t for t in module.net.tasks}
         for b, name in enumerate(prediction["name"]):
             folder = self.output_dir / str(name)
@@ -154,7 +149,6 @@ class PredictionWriter(BasePredictionWriter):
         from lightning.pytorch.utilities import rank_zero_warn
 
         from vtagml.data.image_folder import ImageFolder
-        from vtagml.data.io import atomic_write
         written = self._written
         if trainer.world_size > 1 and torch.distributed.is_available() and torch.distributed.is_initialized():
             gathered: list = [None] * trainer.world_size
