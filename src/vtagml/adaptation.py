@@ -15,6 +15,7 @@ optionally, target-supervised fine-tuning at the same budget).
 from __future__ import annotations
 
 import argparse
+import copy
 import time
 from pathlib import Path
 
@@ -160,10 +161,12 @@ def adapt(args: argparse.Namespace) -> dict:
 
     L.seed_everything(args.seed, workers=True)
 
-    def model():
-        return VTAGML.from_adapters(args.model, checkpoint_path=args.backbone)
+    loaded = VTAGML.from_adapters(args.model, checkpoint_path=args.backbone)
 
-    tasks = model().task_names
+    def model():  # a fresh copy of the source model for each run (the backbone is read once)
+        return copy.deepcopy(loaded)
+
+    tasks = loaded.task_names
 
     def synthetic(domain):
         return SyntheticDataModule(tasks=tasks, size=args.size, domain=domain, train_samples=args.train_samples,

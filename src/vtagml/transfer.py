@@ -17,6 +17,7 @@ YAML ``{class_path, init_args}`` (``--data``); its ``tasks`` are set to the new 
 from __future__ import annotations
 
 import argparse
+import copy
 import importlib
 import json
 import time
@@ -191,7 +192,7 @@ def zero_shot(args: argparse.Namespace) -> dict:
     data = build_data(args, args.task)
     rows = {}
     for name, weights in variants.items():
-        net = load_model(args)
+        net = copy.deepcopy(base)  # each variant from the same loaded model (one read of the backbone)
         try:
             net.add_task(args.task, composition=weights)
         except ValueError as err:  # e.g. no known task of the new task's kind among the weighted ones
@@ -201,7 +202,7 @@ def zero_shot(args: argparse.Namespace) -> dict:
         if name.startswith("composed"):
             net.save_adapters(args.out / "model")
     if args.upper_bound_epochs > 0:
-        net = load_model(args)
+        net = copy.deepcopy(base)
         net.add_task(args.task)
         train_new_task(net, args.task, data, args.upper_bound_epochs, args.lr, args.out)
         rows[f"trained with labels ({args.upper_bound_epochs} epochs)"] = evaluate(net, data, args.out)
