@@ -38,7 +38,7 @@ from vtagml.pretrain import DEMO_BACKBONE, demo_weights_path
 DEMO_TASKS = ("semseg", "depth", "normals", "edges")
 #: Quality the demo aims for on the validation split: (metric, direction, target).
 TARGETS = {"semseg/miou": (">=", 0.60), "depth/delta1": (">=", 0.80), "normals/mean_angle": ("<=", 20.0),
-           "edges/odsf": (">=", 0.50)}
+           "edges/odsf": (">=", 0.80)}
 
 
 def build_demo(train_samples: int = 2000, val_samples: int = 200, batch_size: int = 16, lr: float = 4e-3,
