@@ -235,3 +235,23 @@ def test_frozen_parts_stay_in_eval_mode(tiny_checkpoint):
     x = torch.rand(1, 3, 64, 64, device=DEVICE)
     enc1, enc2 = model.encode(x), model.encode(x)
     assert torch.equal(enc1.z, enc2.z) and not enc1.z.requires_grad
+
+
+def test_image_stride_per_task(tiny_checkpoint):
+    """Edges at full resolution, the rest at stride 2: same weights (theta_0), different stride; a
+    task added later sees as finely as the known tasks of its kind; the config rebuilds it."""
+    model = VTAGML(TINY_SWIN["name"], tasks=("semseg", "edges"), num_classes=5, img_size=64,
+                   checkpoint_path=tiny_checkpoint, backbone_kwargs=TINY_SWIN["kwargs"], adapt_last_k=2,
+                   embed_dim=8, decoder_channels=16, image_skip_stride={"edges": 1})
+    assert {t: d.out_stride for t, d in model.decoders.items()} == {"semseg": 2, "edges": 1}
+    init, edges = model.decoder_init.state_dict(), model.decoders["edges"].state_dict()
+    assert init.keys() == edges.keys() and all(torch.equal(init[k], edges[k]) for k in init)
+    out = model(torch.rand(1, 3, 64, 96))
+    assert out["edges"].shape == (1, 1, 64, 96)
+    model.add_task("edges_occlusion", composition={"edges": 1.0})
+    assert model.decoders["edges_occlusion"].out_stride == 1
+    rebuilt = VTAGML.from_config(model.config)
+    assert {t: d.out_stride for t, d in rebuilt.decoders.items()} == {"semseg": 2, "edges": 1, "edges_occlusion": 1}
+    with pytest.raises(ValueError, match="edge'"):
+        VTAGML(TINY_SWIN["name"], tasks=("semseg",), num_classes=5, img_size=64, checkpoint_path=tiny_checkpoint,
+               backbone_kwargs=TINY_SWIN["kwargs"], embed_dim=8, image_skip_stride={"edge": 1})

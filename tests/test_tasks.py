@@ -220,6 +220,29 @@ def test_depth_log_l1_is_relative_error_over_valid_pixels():
     assert task.loss(pred * 3, target * 3).item() == pytest.approx(expected, rel=1e-6)  # scale-free
 
 
+def test_depth_silog_separates_shape_from_scale():
+    task = build_task("depth", loss="silog")
+    target = torch.tensor([[[[1.0, 4.0, 0.0]]], [[[0.0, 0.0, 0.0]]]])  # an invalid pixel; an image with none
+    pred = torch.tensor([[[[2.0, 8.0, 5.0]]], [[[1.0, 2.0, 3.0]]]], requires_grad=True)  # a uniform factor 2
+    g = np.log(2.0)
+    assert task.loss(pred, target).item() == pytest.approx(0.15 * g * g + g, rel=1e-6)  # (1 - λ) g² + |g|
+    task.loss(pred, target).backward()
+    assert torch.count_nonzero(pred.grad[1]) == 0 and pred.grad[0, 0, 0, 2] == 0
+    shape_error = torch.tensor([[[[2.0, 2.0, 5.0]]]])  # log ratios log 2 and -log 2: mean 0, variance g²
+    assert task.loss(shape_error, target[:1]).item() == pytest.approx(g * g + g, rel=1e-6)
+
+
+def test_losses_need_no_host_synchronization():
+    """Masked by ``where``, never by boolean indexing: nothing in a loss waits for the device."""
+    edges = (torch.randn(2, 1, 6, 7), (torch.rand(2, 1, 6, 7) > 0.8).float(), None)
+    for name, (pred, target, _) in [*((n, random_batches(n, n=1, seed=1)[0]) for n in ("semseg", "depth", "normals")),
+                                    ("edges", edges)]:
+        with torch.autograd.profiler.profile() as prof:
+            build_tasks([name], num_classes=4)[0].loss(pred, target)
+        ops = {e.name for e in prof.function_events}
+        assert not ops & {"aten::nonzero", "aten::item", "aten::_local_scalar_dense", "aten::masked_select"}, name
+
+
 # ----------------------------------------------------------------- registry and collate
 
 

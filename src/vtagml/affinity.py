@@ -187,15 +187,17 @@ class TaskAffinity(nn.Module):
         """(T, T) mixing weights alpha of task embeddings (rows sum to 1)."""
         return conditioning_weights(self.affinity)
 
-    def _commit(self, step: Tensor, measured: Tensor) -> bool:
-        """Fold a (T, T) step into the EMA at the ``measured`` (T, T) entries, unless non-finite."""
-        if not torch.isfinite(step).all():
-            return False
-        update_affinity_ema(self.affinity, self.counts, step, self.momentum, measured)
-        return True
+    def _commit(self, step: Tensor, measured: Tensor, finite: Tensor | None = None) -> Tensor:
+        """Fold a (T, T) step into the EMA at the ``measured`` (T, T) entries, unless the step (or
+        ``finite``) says it is non-finite. Returns that verdict as a 0-dim bool tensor: deciding on
+        the device keeps the training step free of host synchronizations."""
+        ok = torch.isfinite(step).all() if finite is None else finite & torch.isfinite(step).all()
+        update_affinity_ema(self.affinity, self.counts, torch.nan_to_num(step), self.momentum,
+                            measured.to(ok.device) & ok)
+        return ok
 
     @torch.no_grad()
-    def update(self, grads: Tensor, labelled: Tensor, grad_scale: float = 1.0) -> bool:
+    def update(self, grads: Tensor, labelled: Tensor, grad_scale: float = 1.0) -> Tensor:
         """First-order update from this step's embedding gradients.
 
         Args:
@@ -205,21 +207,20 @@ class TaskAffinity(nn.Module):
             grad_scale: the loss scale of mixed precision (gradients are divided by it).
 
         Returns:
-            Whether the step was recorded (False for a non-finite step).
+            Whether the step was recorded, a 0-dim bool tensor (False for a non-finite step).
         """
         flat = grads.reshape(self.num_tasks, -1).double() / grad_scale
         gram = flat @ flat.T
         # one all-reduce: the (T, T) gram over the global batch and the per-task label flags
         packed = _all_reduce_sum(torch.cat([gram, labelled.to(gram).view(-1, 1)], dim=1))
         gram, labelled_anywhere = packed[:, :-1], packed[:, -1] > 0
-        if not torch.isfinite(gram).all():  # e.g. an fp16 overflow step, on any process
-            return False
         tasks = labelled_anywhere & (gram.diagonal() > 0)
-        return self._commit(cosine_affinity(gram), tasks.view(-1, 1) & tasks.view(1, -1))
+        # a non-finite gram (e.g. an fp16 overflow step, on any process) skips the whole step
+        return self._commit(cosine_affinity(gram), tasks.view(-1, 1) & tasks.view(1, -1), torch.isfinite(gram).all())
 
     @torch.no_grad()
     def update_exact(self, task_losses: Callable[[Tensor], Tensor], z: Tensor, grads: Tensor,
-                     labelled: Tensor, grad_scale: float = 1.0) -> bool:
+                     labelled: Tensor, grad_scale: float = 1.0) -> Tensor:
         """Exact lookahead update on the first ``exact_samples`` samples.
 
         Args:
@@ -246,8 +247,6 @@ class TaskAffinity(nn.Module):
         local = torch.cat([torch.nan_to_num(gains * mask).view(-1), mask.view(-1),
                            torch.tensor([0.0 if finite else 1.0], dtype=torch.float64, device=gains.device)])
         total = _all_reduce_sum(local)
-        if total[-1] > 0:
-            return False
         gain_sum, measured_count = total[: t * t].view(t, t), total[t * t: 2 * t * t].view(t, t)
         mean_gain = gain_sum / measured_count.clamp_min(1)
-        return self._commit(lookahead_affinity(mean_gain), measured_count > 0)
+        return self._commit(lookahead_affinity(mean_gain), measured_count > 0, total[-1] == 0)

@@ -40,10 +40,16 @@ def _check_shapes(in_channels: Sequence[int], strides: Sequence[int]) -> None:
 class FPNDecoder(nn.Module):
     """Feature pyramid decoder.
 
+    Lateral 1x1 convs and a top-down pathway; one 3x3 conv per level, all levels summed at the
+    finest level. With an image branch (edges need it), a shallow stem on the image restores
+    detail at ``image_skip_stride``: the pyramid output is reduced to ``channels // 2`` by a 1x1
+    conv, upsampled, concatenated with the stem and refined by one 3x3 conv there. The
+    fine-stride work runs at half width, where most of the pixels are.
+
     Args:
         in_channels: channels per input level (finest first), from ``feature_info``.
         strides: stride of each level relative to the image.
-        channels: width of the pyramid and of the output.
+        channels: width of the pyramid (the output has ``channels // 2`` with an image branch).
         image_skip_stride: 1 or 2 adds a shallow image branch at that stride; 0 turns it off.
     """
 
@@ -56,30 +62,38 @@ class FPNDecoder(nn.Module):
         self.strides = list(strides)
         self.lateral = nn.ModuleList(nn.Conv2d(c, channels, 1) for c in in_channels)
         self.smooth = nn.ModuleList(_conv_gn_relu(channels, channels) for _ in in_channels)
-        self.fuse = _conv_gn_relu(channels, channels)
         self.image_skip_stride = image_skip_stride
+        self.out_channels, self.out_stride = channels, strides[0]
         if image_skip_stride:
+            fine = max(8, channels // 2)
             stem = max(8, channels // 4)
+            self.reduce = nn.Conv2d(channels, fine, 1)
             self.stem = nn.Sequential(_conv_gn_relu(3, stem, image_skip_stride), _conv_gn_relu(stem, stem))
-            self.refine = _conv_gn_relu(channels + stem, channels)
-        self.out_channels = channels
-        self.out_stride = image_skip_stride or strides[0]
+            self.refine = _conv_gn_relu(fine + stem, fine)
+            self.out_channels, self.out_stride = fine, image_skip_stride
+
+    def set_image_stride(self, stride: int) -> None:
+        """Move the image branch to stride 1 or 2 (the weights are the same at either stride)."""
+        if not self.image_skip_stride or stride not in (1, 2):
+            raise ValueError(f"the image branch stride can change between 1 and 2 only (now {self.image_skip_stride}, "
+                             f"asked {stride})")
+        self.stem[0][0].stride = (stride, stride)
+        self.image_skip_stride = self.out_stride = stride
 
     def forward(self, features: Sequence[Tensor], image: Tensor | None = None) -> Tensor:
-        """features: NCHW maps finest first; image (B, 3, H, W) -> (B, channels, H/s, W/s)."""
+        """features: NCHW maps finest first; image (B, 3, H, W) -> (B, out_channels, H/s, W/s)."""
         laterals = [lat(f) for lat, f in zip(self.lateral, features)]
         for i in range(len(laterals) - 2, -1, -1):  # top-down
             laterals[i] = laterals[i] + F.interpolate(laterals[i + 1], size=laterals[i].shape[-2:],
                                                       mode="bilinear", align_corners=False)
         size = laterals[0].shape[-2:]
-        fused = sum(F.interpolate(s(x), size=size, mode="bilinear", align_corners=False) if i else s(x)
-                    for i, (s, x) in enumerate(zip(self.smooth, laterals)))
-        out = self.fuse(fused)
+        out = sum(F.interpolate(s(x), size=size, mode="bilinear", align_corners=False) if i else s(x)
+                  for i, (s, x) in enumerate(zip(self.smooth, laterals)))
         if self.image_skip_stride:
             if image is None:
                 raise ValueError("this FPNDecoder has an image branch: pass the image")
             detail = self.stem(image)
-            out = F.interpolate(out, size=detail.shape[-2:], mode="bilinear", align_corners=False)
+            out = F.interpolate(self.reduce(out), size=detail.shape[-2:], mode="bilinear", align_corners=False)
             out = self.refine(torch.cat([out, detail], dim=1))
         return out
 

@@ -102,7 +102,8 @@ class Depth(Task):
         if typical_depth <= 0:
             raise ValueError(f"task {name!r}: typical_depth must be > 0, got {typical_depth}")
         self.typical_depth = typical_depth
-        self.loss_fn = self._pick_loss(loss, {"l1": losses.l1, "log_l1": losses.log_l1, "berhu": losses.berhu})
+        self.loss_fn = self._pick_loss(loss, {"l1": losses.l1, "log_l1": losses.log_l1, "silog": losses.silog,
+                                                "berhu": losses.berhu})
 
     def init_head(self, conv: nn.Conv2d) -> None:
         nn.init.constant_(conv.bias, math.log(self.typical_depth))

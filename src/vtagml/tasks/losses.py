@@ -17,10 +17,18 @@ def unit_vectors(x: Tensor, dim: int = 1, eps: float = 1e-6) -> Tensor:
     return x / x.pow(2).sum(dim, keepdim=True).sqrt().clamp_min(eps)
 
 
-def _mean_over(values: Tensor, count: Tensor | int, like: Tensor) -> Tensor:
-    if int(count) == 0:
-        return like.sum() * 0.0
-    return values.sum() / count
+def _fp32(pred: Tensor, target: Tensor) -> tuple[Tensor, Tensor]:
+    """Prediction and target in at least single precision (half precision is promoted, float64 stays)."""
+    dtype = torch.promote_types(pred.dtype, torch.float32)
+    return pred.to(dtype), target.to(dtype)
+
+
+def masked_mean(values: Tensor, valid: Tensor) -> Tensor:
+    """Mean of ``values`` where ``valid`` (broadcast to its shape), exactly zero with a zero
+    gradient where nothing is valid. No host synchronization: masks select by ``where``, never
+    by boolean indexing, whose output size the host would have to read."""
+    mask = valid.expand_as(values)
+    return torch.where(mask, values, 0.0).sum() / mask.sum().clamp_min(1)
 
 
 def cross_entropy(logits: Tensor, target: Tensor, valid: Tensor, ignore_index: int = 255) -> Tensor:
@@ -29,48 +37,67 @@ def cross_entropy(logits: Tensor, target: Tensor, valid: Tensor, ignore_index: i
     Args:
         logits: (B, C, H, W); target: long (B, H, W); valid: (B, 1, H, W).
     """
-    target = torch.where(valid[:, 0], target, torch.full_like(target, ignore_index))
-    count = (target != ignore_index).sum()
-    loss = F.cross_entropy(logits.float(), target, ignore_index=ignore_index, reduction="sum")
-    return _mean_over(loss, count, logits)
+    target = torch.where(valid[:, 0], target, ignore_index)
+    count = (target != ignore_index).sum().clamp_min(1)
+    return F.cross_entropy(logits.to(torch.promote_types(logits.dtype, torch.float32)), target, ignore_index=ignore_index, reduction="sum") / count
 
 
 def l1(pred: Tensor, target: Tensor, valid: Tensor) -> Tensor:
     """Mean absolute error over valid pixels (all channels of a valid pixel count)."""
-    mask = valid.expand_as(pred)
-    return _mean_over((pred[mask].float() - target[mask].float()).abs(), mask.sum(), pred)
+    pred, target = _fp32(pred, target)
+    return masked_mean((pred - target).abs(), valid)
+
+
+def _log_ratio(pred: Tensor, target: Tensor) -> Tensor:
+    pred, target = _fp32(pred, target)
+    return pred.clamp_min(1e-6).log() - target.clamp_min(1e-6).log()
 
 
 def log_l1(pred: Tensor, target: Tensor, valid: Tensor) -> Tensor:
     """Mean ``|log pred - log target|`` over valid pixels: relative error, as the delta metrics count it."""
+    return masked_mean(_log_ratio(pred, target).abs(), valid)
+
+
+def silog(pred: Tensor, target: Tensor, valid: Tensor, variance_focus: float = 0.85) -> Tensor:
+    """Scale-invariant log loss (Eigen et al., 2014) plus an absolute log-L1 term.
+
+    Per image, with ``g = log pred - log target`` over its valid pixels: ``mean(g²) - λ mean(g)²``
+    (λ = ``variance_focus``; 1 ignores the image's global scale, 0 is plain log-MSE) learns the
+    scene's shape apart from its scale; ``mean|g|`` keeps the scale, as the delta metrics need.
+    Images without a valid pixel contribute nothing.
+    """
     mask = valid.expand_as(pred)
-    err = pred[mask].float().clamp_min(1e-6).log() - target[mask].float().clamp_min(1e-6).log()
-    return _mean_over(err.abs(), mask.sum(), pred)
+    g = torch.where(mask, _log_ratio(pred, target), 0.0)
+    n = mask.flatten(1).sum(1)
+    mean = g.flatten(1).sum(1) / n.clamp_min(1)
+    var = g.pow(2).flatten(1).sum(1) / n.clamp_min(1) - variance_focus * mean.pow(2)
+    has = (n > 0).to(var)
+    return (var * has).sum() / has.sum().clamp_min(1) + masked_mean(g.abs(), mask)
 
 
 def berhu(pred: Tensor, target: Tensor, valid: Tensor, ratio: float = 0.2) -> Tensor:
     """Reverse Huber loss: L1 below ``c = ratio * max|error|``, (e² + c²) / 2c above."""
     mask = valid.expand_as(pred)
-    err = (pred[mask].float() - target[mask].float()).abs()
-    if err.numel() == 0:
-        return pred.sum() * 0.0
-    c = (ratio * err.max()).detach().clamp_min(1e-6)
-    return torch.where(err <= c, err, (err * err + c * c) / (2 * c)).mean()
+    pred, target = _fp32(pred, target)
+    err = torch.where(mask, (pred - target).abs(), 0.0)
+    c = (ratio * err.amax()).detach().clamp_min(1e-6)
+    return masked_mean(torch.where(err <= c, err, (err * err + c * c) / (2 * c)), mask)
 
 
 def cosine(pred: Tensor, target: Tensor, valid: Tensor) -> Tensor:
     """Mean of ``1 - cos(pred, target)`` over valid pixels; vectors along dim 1."""
-    cos = (unit_vectors(pred.float(), eps=1e-8) * unit_vectors(target.float(), eps=1e-8)).sum(1, keepdim=True)
-    return _mean_over(1.0 - cos[valid], valid.sum(), pred)
+    pred, target = _fp32(pred, target)
+    cos = (unit_vectors(pred, eps=1e-8) * unit_vectors(target, eps=1e-8)).sum(1, keepdim=True)
+    return masked_mean(1.0 - cos, valid)
 
 
 def balanced_bce_map(logits: Tensor, target: Tensor, pos_weight: float = 0.95) -> Tensor:
     """Per-pixel class-balanced binary cross-entropy: weight ``pos_weight`` on edges, the rest off."""
+    logits, target = _fp32(logits, target)
     weight = pos_weight * target + (1.0 - pos_weight) * (1.0 - target)
-    return weight * F.binary_cross_entropy_with_logits(logits.float(), target.float(), reduction="none")
+    return weight * F.binary_cross_entropy_with_logits(logits, target, reduction="none")
 
 
 def balanced_bce(logits: Tensor, target: Tensor, valid: Tensor, pos_weight: float = 0.95) -> Tensor:
     """Mean of :func:`balanced_bce_map` over valid pixels."""
-    per_pixel = balanced_bce_map(logits, target, pos_weight)
-    return _mean_over(per_pixel[valid], valid.sum(), logits)
+    return masked_mean(balanced_bce_map(logits, target, pos_weight), valid)
