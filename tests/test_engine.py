@@ -214,6 +214,8 @@ def test_demo_config_matches_the_demo():
     assert {k: tuple(v) if isinstance(v, list) else v for k, v in net_args["backbone_kwargs"].items()} \
         == DEMO_BACKBONE["kwargs"]
     assert net_args["embed_dim"] == module.net.embed_dim and net_args["adapt_last_k"] == module.net.num_third
+    from vtagml.demo import DEMO_NET
+    assert {k: net_args[k] for k in DEMO_NET} == DEMO_NET
     assert cfg["model"]["lr"] == module.hparams.lr and cfg["trainer"]["max_epochs"] == 6
     data = cfg["data"]["init_args"]
     assert data["batch_size"] == dm.batch_size and data["train_samples"] == dm.sizes["train"]

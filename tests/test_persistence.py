@@ -200,3 +200,15 @@ def test_task_weights_reach_the_tasks_and_the_saved_config(tiny_checkpoint):
     assert [t.weight for t in again.tasks] == [1.0, 1.0, 10.0, 50.0]
     with pytest.raises(ValueError, match="reshading"):
         make(tiny_checkpoint, task_weights={"reshading": 2})
+
+
+def test_task_options_reach_the_tasks_and_the_saved_config(tiny_checkpoint):
+    net = make(tiny_checkpoint, task_options={"depth": {"loss": "silog", "typical_depth": 2.0}})
+    depth = net.tasks[net.task_names.index("depth")]
+    assert (depth.loss_name, depth.typical_depth) == ("silog", 2.0)
+    again = VTAGML.from_config(net.config).tasks[net.task_names.index("depth")]
+    assert (again.loss_name, again.typical_depth) == ("silog", 2.0)
+    with pytest.raises(ValueError, match="task_options.*reshading"):
+        make(tiny_checkpoint, task_options={"reshading": {}})
+    with pytest.raises(ValueError, match="loss must be one of"):
+        make(tiny_checkpoint, task_options={"depth": {"loss": "l2"}})

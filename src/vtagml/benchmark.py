@@ -76,6 +76,8 @@ REFERENCE = "stl"
 PRESET_KEYS = ("fit_config", "overrides", "methods", "seeds", "eval_split", "isolation", "threads", "define_methods")
 RUN_CONFIG, RUN_RESULT, RUN_LOG, RUN_MODEL = "config.yaml", "result.json", "log.txt", "model"
 
+#: model arguments that map task names to settings (restricted to the task in single-task runs)
+PER_TASK_NET_ARGS = ("task_weights", "task_options", "image_skip_stride")
 NET = "model.net.init_args."
 
 
@@ -292,11 +294,12 @@ def plan_runs(preset: Preset, out: Path, methods: Sequence[str] | None = None, s
                 for key, value in spec.overrides.items():
                     set_dotted(config, key, value)
                 config["seed_everything"] = seed
-                if task:  # that task alone, with its own loss weight
+                if task:  # that task alone, with its own loss weight, options and decoder stride
                     set_dotted(config, "data.init_args.tasks", [task])
-                    weights = get_dotted(config, NET + "task_weights")
-                    if isinstance(weights, dict):
-                        set_dotted(config, NET + "task_weights", {k: v for k, v in weights.items() if k == task})
+                    for key in PER_TASK_NET_ARGS:
+                        mapping = get_dotted(config, NET + key)
+                        if isinstance(mapping, dict):
+                            set_dotted(config, NET + key, {k: v for k, v in mapping.items() if k == task})
                 directory = out / "runs" / name
                 set_dotted(config, "trainer.default_root_dir", str(directory.resolve()))
                 set_dotted(config, "trainer.enable_progress_bar", False)

@@ -36,6 +36,10 @@ from vtagml.models.vtagml import VTAGML
 from vtagml.pretrain import DEMO_BACKBONE, demo_weights_path
 
 DEMO_TASKS = ("semseg", "depth", "normals", "edges")
+#: The demo's model options beyond the backbone: depth learns its shape apart from its scale
+#: (scale-invariant log loss), edges are decoded at full resolution (one-pixel labels).
+DEMO_NET = dict(adapt_last_k=4, embed_dim=64, decoder_channels=48, task_options={"depth": {"loss": "silog"}},
+                image_skip_stride={"edges": 1})
 #: Quality the demo aims for on the validation split: (metric, direction, target).
 TARGETS = {"semseg/miou": (">=", 0.60), "depth/delta1": (">=", 0.80), "normals/mean_angle": ("<=", 20.0),
            "edges/odsf": (">=", 0.80)}
@@ -48,8 +52,7 @@ def build_demo(train_samples: int = 2000, val_samples: int = 200, batch_size: in
                              val_samples=val_samples, test_samples=val_samples, seed=seed, batch_size=batch_size,
                              in_memory=True)
     net = VTAGML(DEMO_BACKBONE["name"], tasks=DEMO_TASKS, num_classes=dm.num_classes, img_size=DEMO_BACKBONE["img_size"],
-                 checkpoint_path=weights or demo_weights_path(), backbone_kwargs=DEMO_BACKBONE["kwargs"],
-                 adapt_last_k=4, embed_dim=64, decoder_channels=48)
+                 checkpoint_path=weights or demo_weights_path(), backbone_kwargs=DEMO_BACKBONE["kwargs"], **DEMO_NET)
     return MultitaskModule(net, lr=lr, weight_decay=0.01, troa=True), dm
 
 

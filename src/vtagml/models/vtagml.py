@@ -99,6 +99,7 @@ class VTAGML(nn.Module):
         tasks: task names (see ``vtagml.tasks.TASK_REGISTRY``) or :class:`~vtagml.tasks.Task` objects.
         num_classes: classes of classification tasks (e.g. ``semseg``) given by name.
         task_weights: loss weights of tasks given by name, e.g. ``{"normals": 10, "edges": 50}`` (default 1).
+        task_options: other options of tasks given by name, e.g. ``{"depth": {"loss": "silog"}}``.
         img_size: nominal input size (sets timm's window clamping); any size runs.
         pretrained: load timm's pretrained weights (needs the hub).
         checkpoint_path: local backbone weights (``.safetensors`` or a torch state dict).
@@ -126,6 +127,7 @@ class VTAGML(nn.Module):
         tasks: Sequence[str | Task] = ("semseg", "depth", "normals", "edges"),
         num_classes: int | None = None,
         task_weights: dict[str, float] | None = None,
+        task_options: dict[str, dict[str, Any]] | None = None,
         img_size: int | tuple[int, int] = 224,
         pretrained: bool = False,
         checkpoint_path: str | os.PathLike | None = None,
@@ -146,11 +148,12 @@ class VTAGML(nn.Module):
     ):
         super().__init__()
         tasks = [task_from_spec(t) if isinstance(t, dict) else t for t in tasks]
-        unknown = sorted(set(task_weights or {}) - {t for t in tasks if isinstance(t, str)})
-        if unknown:
-            raise ValueError(f"task_weights names task(s) {unknown} not given by name (a Task object carries its "
-                             f"own weight) or not in the model's tasks")
-        self.tasks: list[Task] = build_tasks(tasks, num_classes=num_classes, weights=task_weights)
+        for arg, given in (("task_weights", task_weights), ("task_options", task_options)):
+            unknown = sorted(set(given or {}) - {t for t in tasks if isinstance(t, str)})
+            if unknown:
+                raise ValueError(f"{arg} names task(s) {unknown} not given by name (a Task object carries its "
+                                 f"own options) or not in the model's tasks")
+        self.tasks: list[Task] = build_tasks(tasks, num_classes=num_classes, weights=task_weights, options=task_options)
         if not self.tasks:
             raise ValueError("VTAGML needs at least one task")
         self.task_names = [t.name for t in self.tasks]

@@ -174,22 +174,24 @@ def primary_metrics(tasks) -> dict[str, str]:
     return {t.name: t.primary_metric for t in tasks}
 
 
-def build_tasks(specs, num_classes: int | None = None, weights: dict[str, float] | None = None) -> list[Task]:
-    """Tasks from names or objects; ``num_classes`` reaches classification tasks only."""
+def build_tasks(specs, num_classes: int | None = None, weights: dict[str, float] | None = None,
+                options: dict[str, dict[str, Any]] | None = None) -> list[Task]:
+    """Tasks from names or objects; ``num_classes`` reaches classification tasks only; ``options``
+    are keyword arguments of tasks given by name (e.g. ``{"depth": {"loss": "silog"}}``)."""
     tasks = []
     for spec in specs:
         if isinstance(spec, Task):
             tasks.append(spec)
             continue
-        options = {}
+        kwargs = dict((options or {}).get(spec, {}))
         if weights and spec in weights:
-            options["weight"] = weights[spec]
+            kwargs["weight"] = weights[spec]
         factory = TASK_REGISTRY.get(spec)
         if factory is not None and getattr(factory, "needs_num_classes", False):
             if num_classes is None:
                 raise ValueError(f"task {spec!r} needs num_classes (from the dataset or the config)")
-            options["num_classes"] = num_classes
-        tasks.append(build_task(spec, **options))
+            kwargs["num_classes"] = num_classes
+        tasks.append(build_task(spec, **kwargs))
     names = [t.name for t in tasks]
     if len(set(names)) != len(names):
         raise ValueError(f"duplicate task names in {names}")
