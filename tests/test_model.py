@@ -252,6 +252,9 @@ def test_image_stride_per_task(tiny_checkpoint):
     assert model.decoders["edges_occlusion"].out_stride == 1
     rebuilt = VTAGML.from_config(model.config)
     assert {t: d.out_stride for t, d in rebuilt.decoders.items()} == {"semseg": 2, "edges": 1, "edges_occlusion": 1}
+    with pytest.raises(ValueError, match="per-task FPN decoders"):
+        VTAGML(TINY_SWIN["name"], tasks=("edges",), img_size=64, checkpoint_path=tiny_checkpoint,
+               backbone_kwargs=TINY_SWIN["kwargs"], embed_dim=8, shared_decoder=True, image_skip_stride={"edges": 1})
     with pytest.raises(ValueError, match="edge'"):
         VTAGML(TINY_SWIN["name"], tasks=("semseg",), num_classes=5, img_size=64, checkpoint_path=tiny_checkpoint,
                backbone_kwargs=TINY_SWIN["kwargs"], embed_dim=8, image_skip_stride={"edge": 1})

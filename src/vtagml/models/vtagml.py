@@ -194,6 +194,9 @@ class VTAGML(nn.Module):
         unknown = sorted(set(image_skip_stride) - set(self.task_names)) if isinstance(image_skip_stride, dict) else []
         if unknown:
             raise ValueError(f"image_skip_stride names task(s) {unknown} the model does not have ({self.task_names})")
+        if isinstance(image_skip_stride, dict) and (shared_decoder or decoder != "fpn"):
+            raise ValueError("a per-task image_skip_stride needs per-task FPN decoders (decoder='fpn', "
+                             "shared_decoder=False)")
         if decoder == "fpn":
             dec_kw["image_skip_stride"] = self._image_stride(None)
         else:
