@@ -1,0 +1,50 @@
+"""FLOP accounting of benchmarks/bench_speed.py on the demo-size Swin (no timing)."""
+
+import importlib.util
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from vtagml.models.backbone import create_backbone
+
+SCRIPT = Path(__file__).parents[1] / "benchmarks" / "bench_speed.py"
+SPEC = importlib.util.spec_from_file_location("bench_speed", SCRIPT)
+bench = sys.modules["bench_speed"] = importlib.util.module_from_spec(SPEC)
+SPEC.loader.exec_module(bench)
+
+
+@pytest.fixture(scope="module")
+def flops():
+    """Per-image FLOPs of the official structure, vtagml fpn, one task's encoder, decoders + heads, the floor."""
+    case = bench.CASES["demo"]
+    images = torch.rand(1, 3, case.size, case.size)
+    official = bench.official_variant(case, case.checkpoint).model.eval()
+    fpn = bench.build_net(case, case.checkpoint, decoder="fpn").eval()
+    net = official.net
+    task = net.task_names[0]
+
+    with torch.no_grad():
+        feats = [f.permute(0, 3, 1, 2) for f in net.forward_features(images, task)]
+    bare = create_backbone(case.backbone, case.size, checkpoint_path=case.checkpoint, **case.backbone_kwargs)
+    count = lambda fn: bench.flop_counts(fn, 1)  # noqa: E731
+    size = (case.size, case.size)
+    return dict(official=count(lambda: official(images)), fpn=count(lambda: fpn(images)),
+                encoder=count(lambda: net.forward_features(images, task))["Global"],
+                decoders_heads=sum(count(lambda: net.heads[t](net.decoders[t](feats, images), size))["Global"]
+                                   for t in net.task_names),  # every task's (heads differ in channels)
+                floor=bench.backbone_floor(bare, images))
+
+
+def test_official_is_tasks_times_encoder_and_decoder(flops):
+    expected = len(bench.TASKS) * flops["encoder"] + flops["decoders_heads"]
+    assert flops["official"]["Global"] == pytest.approx(expected, rel=1e-3)
+    assert bench.decoder_head_flops(flops["official"]) == pytest.approx(flops["decoders_heads"], rel=1e-3)
+
+
+def test_vtagml_above_floor_and_below_official(flops):
+    floor = flops["floor"]
+    assert floor["floor"] == pytest.approx(floor["trunk"] + len(bench.TASKS) * floor["adapted"])
+    backbone = flops["fpn"]["Global"] - bench.decoder_head_flops(flops["fpn"])
+    assert floor["floor"] <= backbone < flops["official"]["Global"] - bench.decoder_head_flops(flops["official"])
