@@ -106,7 +106,9 @@ class VTAGML(nn.Module):
             ``window_size``) for a custom small Swin.
         adapt_last_k: blocks of the second-to-last stage that are adapted (the last stage always is).
         embed_dim: task embedding size d (paper: 343 = 7 * 49; a width, whatever the window).
-        use_taa, use_tsn, use_bottleneck: ablation switches.
+        use_taa, use_tsn, use_bottleneck: ablation switches. Without TSN every norm (the bottleneck's
+            too) is a plain LayerNorm; without TAA and TSN (and a shared decoder) nothing reads the
+            task embeddings and they are frozen: the plain-adapter baseline.
         bottleneck_reduction: r, bottleneck width C / r.
         taa_block_size: m, the TAA block side (default: the window side).
         train_adapted_blocks: also train the adapted blocks' pretrained weights.
@@ -170,6 +172,7 @@ class VTAGML(nn.Module):
             raise ValueError(f"embed_dim must be >= 1, got {embed_dim}")
         self.embed_dim = embed_dim
         self.embeddings = TaskEmbeddings(len(self.tasks), self.embed_dim)
+        self.embeddings.requires_grad_(use_taa or use_tsn or shared_decoder)  # frozen when nothing reads c_t
         layer_kw = dict(cond_dim=self.embed_dim, use_taa=use_taa, use_tsn=use_tsn, use_bottleneck=use_bottleneck,
                         bottleneck_reduction=bottleneck_reduction, taa_block_size=taa_block_size)
         third = [AdapterLayer(b, **layer_kw) for b in split.adapted_blocks]
@@ -327,10 +330,10 @@ class VTAGML(nn.Module):
         comps = {"trunk": list(self.trunk.parameters()),
                  "adapted_blocks": list(self._pretrained_branch_parameters()),
                  "taa": [p for l in self.adapters if l.taa is not None for p in l.taa.parameters()],
-                 "tsn": [p for l in self.adapters for t in (l.tsn1, l.tsn2)
+                 "tsn": [p for l in self.adapters for t in l.task_norms()
                          for p in (*t.delta_scale.parameters(), *t.delta_shift.parameters())],
                  "bottleneck": [p for l in self.adapters for m in (l.bottleneck, l.skip_proj) if m is not None
-                                for p in m.parameters()],
+                                for n, p in m.named_parameters() if ".delta_" not in n],
                  "embeddings": list(self.embeddings.parameters()),
                  "decoders": list(self.decoder.parameters()) + list(self.decoder_film.parameters())
                  if self.shared_decoder else list(self.decoders.parameters()),
@@ -431,7 +434,8 @@ class VTAGML(nn.Module):
                 row = torch.randn(1, self.embed_dim, device=device) * self.embeddings.weight.std().clamp_min(1e-3)
             else:
                 row = sum(a * self.embeddings.weight[self.task_names.index(n)] for n, a in weights.items()).view(1, -1)
-            self.embeddings.weight = nn.Parameter(torch.cat([self.embeddings.weight.detach(), row.to(device)]))
+            self.embeddings.weight = nn.Parameter(torch.cat([self.embeddings.weight.detach(), row.to(device)]),
+                                                  requires_grad=self.embeddings.weight.requires_grad)
         self.troa.add_task()
         head = TaskHead(self.heads[self.task_names[0]].conv.in_channels, task.channels).to(device)
         task.init_head(head.conv)
