@@ -370,6 +370,12 @@ class VTAGML(nn.Module):
         return {n for n, p in self.named_parameters()
                 if p.requires_grad and (p.ndim <= 1 or n.startswith("embeddings.") or n.endswith("taa.pattern"))}
 
+    @torch.jit.ignore
+    def modulation_parameters(self) -> set[str]:
+        """Trainable parameters that modulate the frozen blocks from c_t: TSN deltas and TAA (the
+        optimizer gives them ``lr * modulation_lr``, see :class:`MultitaskModule`)."""
+        return {n for n, p in self.named_parameters() if p.requires_grad and (".delta_" in n or ".taa." in n)}
+
     def _task_state_buffers(self) -> dict[str, Tensor]:
         """Buffers that belong with the adapters: TROA state and the decoders' common initialization."""
         named = {f"troa.{n}": b for n, b in self.troa.named_buffers()}
