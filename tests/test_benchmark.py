@@ -138,7 +138,8 @@ def test_each_method_builds_the_intended_model(method, fit_config, tmp_path):
     assert (trainable["trunk"] == 0) == (not backbone_trained)
     expect = dict(taa=method in ("vtagml", "vtagml-no-troa", "vtagml-no-tsn", "vtagml-no-bottleneck"),
                   tsn=method in ("vtagml", "vtagml-no-troa", "vtagml-no-taa", "vtagml-no-bottleneck"),
-                  bottleneck=method in ("adapter", "vtagml", "vtagml-no-troa", "vtagml-no-taa", "vtagml-no-tsn"))
+                  bottleneck=method in ("adapter", "vtagml", "vtagml-no-troa", "vtagml-no-taa", "vtagml-no-tsn"),
+                  embeddings=method.startswith("vtagml"))  # only a conditioned model trains task embeddings
     for component, on in expect.items():
         assert (trainable[component] > 0) == on, (method, component, trainable)
     troa = method in ("vtagml", "vtagml-no-taa", "vtagml-no-tsn", "vtagml-no-bottleneck")

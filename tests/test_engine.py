@@ -79,6 +79,20 @@ def test_fit_updates_affinity_and_writes_artifacts(tmp_path, tiny_checkpoint):
     assert set(module.last_test_metrics) >= {"semseg/miou", "depth/delta1", "edges/odsf"}
 
 
+def test_modulation_parameters_train_at_their_lr_multiplier(tiny_checkpoint):
+    """TSN deltas and TAA get lr * modulation_lr; weight decay still follows no_weight_decay."""
+    module = tiny_module(tiny_checkpoint, modulation_lr=0.1, weight_decay=0.05, schedule="constant")
+    opt = module.configure_optimizers()
+    setting = {id(p): (g["lr"], g["weight_decay"]) for g in opt.param_groups for p in g["params"]}
+    params = dict(module.net.named_parameters())
+    assert setting[id(params["adapters.0.tsn1.delta_scale.weight"])] == pytest.approx((5e-4, 0.05))
+    assert setting[id(params["adapters.0.bottleneck.norm.delta_shift.bias"])] == pytest.approx((5e-4, 0.0))
+    assert setting[id(params["adapters.0.taa.pattern"])] == pytest.approx((5e-4, 0.0))
+    assert setting[id(params["adapters.0.bottleneck.down.weight"])] == pytest.approx((5e-3, 0.05))
+    assert setting[id(params["embeddings.weight"])] == pytest.approx((5e-3, 0.0))
+    assert {id(p) for p in module.net.parameters() if p.requires_grad} == set(setting)
+
+
 def test_first_order_troa_adds_no_backward_pass(tmp_path, tiny_checkpoint):
     counts = {}
     for exact_every in (0, 1):

@@ -137,6 +137,25 @@ def test_identical_embeddings_give_identical_branches(tiny_checkpoint):
     assert torch.equal(model.decoders["depth"].lateral[0].weight, model.decoders["depth_zbuffer"].lateral[0].weight)
 
 
+def test_plain_adapter_is_not_task_conditioned(tiny_checkpoint):
+    """Without TAA and TSN (the `adapter` baseline) nothing trainable reads the task embedding, and
+    every task gets the same adapted features, even with non-zero (frozen) TSN deltas."""
+    model = make_model(tiny_checkpoint, use_taa=False, use_tsn=False).eval()
+    trainable = [n for n, p in model.named_parameters() if p.requires_grad]
+    assert any(".bottleneck.down." in n for n in trainable)
+    assert not [n for n in trainable if ".delta_" in n or ".taa." in n or n.startswith("embeddings.")]
+    x = torch.rand(1, 3, 64, 64, device=DEVICE)
+    fresh = model.forward_features(x, "depth")
+    g = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for n, p in model.named_parameters():
+            if n.startswith("adapters.") and (".bottleneck." in n or ".delta_" in n):
+                p.add_(torch.randn(p.shape, generator=g).to(p))
+    feats = [model.forward_features(x, t) for t in model.task_names]
+    assert not torch.allclose(feats[0][-1], fresh[-1])  # the bottleneck adapts the features
+    assert all(torch.equal(a, b) for f in feats[1:] for a, b in zip(feats[0], f))
+
+
 @pytest.mark.parametrize("size", [(64, 64), (50, 70)])
 def test_heads_shapes_and_ranges(tiny_checkpoint, size):
     model = make_model(tiny_checkpoint).eval()

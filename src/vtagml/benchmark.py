@@ -112,11 +112,13 @@ METHODS: dict[str, Method] = {
     "mtl-ft": Method({**_ADAPTERS_OFF, NET + "train_trunk": True, NET + "train_adapted_blocks": True},
                      description="mtl with the whole backbone fine-tuned"),
     "adapter": Method({**_VTAGML, NET + "use_taa": False, NET + "use_tsn": False, "model.troa": False},
-                      description="bottleneck adapters on the adapted blocks, no TAA, TSN or TROA"),
+                      description="plain bottleneck adapters on the adapted blocks: no TAA, TSN (every norm a "
+                                  "plain LayerNorm) or TROA; nothing task-conditioned but the decoders"),
     "vtagml": Method(_VTAGML, description="the full method: TROA, TAA, TSN, bottleneck"),
     "vtagml-no-troa": Method({**_VTAGML, "model.troa": False}, description="vtagml without TROA (alpha = I)"),
     "vtagml-no-taa": Method({**_VTAGML, NET + "use_taa": False}, description="vtagml without TAA"),
-    "vtagml-no-tsn": Method({**_VTAGML, NET + "use_tsn": False}, description="vtagml without TSN"),
+    "vtagml-no-tsn": Method({**_VTAGML, NET + "use_tsn": False},
+                            description="vtagml without TSN (the bottleneck's norm included)"),
     "vtagml-no-bottleneck": Method({**_VTAGML, NET + "use_bottleneck": False},
                                    description="vtagml without the bottleneck adapter"),
 }

@@ -89,6 +89,8 @@ class MultitaskModule(L.LightningModule):
         optimizer: ``"adamw"`` or ``"sgd"`` (momentum 0.9).
         lr: learning rate.
         weight_decay: weight decay (not on biases, norms, embeddings; see ``no_weight_decay``).
+        modulation_lr: learning-rate multiplier of the parameters that modulate the frozen blocks
+            (TSN deltas, TAA; ``net.modulation_parameters``).
         schedule: ``"cosine"`` (linear warmup then cosine), ``"onecycle"`` or ``"constant"``.
         warmup: warmup length, a fraction of all steps if < 1, else a step count.
         troa: measure task affinities and condition the model on them (False: alpha = I).
@@ -112,6 +114,7 @@ class MultitaskModule(L.LightningModule):
         optimizer: Literal["adamw", "sgd"] = "adamw",
         lr: float = 1e-3,
         weight_decay: float = 0.01,
+        modulation_lr: float = 1.0,
         schedule: Literal["cosine", "onecycle", "constant"] = "cosine",
         warmup: float = 0.05,
         troa: bool = True,
@@ -326,12 +329,16 @@ class MultitaskModule(L.LightningModule):
 
     # ------------------------------------------------------------------ optimization
     def parameter_groups(self) -> list[dict]:
-        """Optimizer groups of the trainable parameters: decayed, and not (``net.no_weight_decay``)."""
-        no_decay = self.net.no_weight_decay()
-        named = [(n, p) for n, p in self.net.named_parameters() if p.requires_grad]
-        groups = [{"params": [p for n, p in named if n not in no_decay], "weight_decay": self.hparams.weight_decay},
-                  {"params": [p for n, p in named if n in no_decay], "weight_decay": 0.0}]
-        return [g for g in groups if g["params"]]
+        """Optimizer groups of the trainable parameters: decayed or not (``net.no_weight_decay``), at
+        ``lr``, or at ``lr * modulation_lr`` for ``net.modulation_parameters``."""
+        no_decay, modulation = self.net.no_weight_decay(), self.net.modulation_parameters()
+        groups: dict[tuple[bool, bool], list] = {}
+        for n, p in self.net.named_parameters():
+            if p.requires_grad:
+                groups.setdefault((n not in no_decay, n in modulation), []).append(p)
+        hp = self.hparams
+        return [{"params": ps, "weight_decay": hp.weight_decay if decay else 0.0,
+                 "lr": hp.lr * (hp.modulation_lr if modulates else 1.0)} for (decay, modulates), ps in groups.items()]
 
     def configure_optimizers(self):
         groups = self.parameter_groups()
@@ -343,8 +350,8 @@ class MultitaskModule(L.LightningModule):
             return opt
         total = max(1, int(self.trainer.estimated_stepping_batches))
         if self.hparams.schedule == "onecycle":
-            sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=self.hparams.lr, total_steps=total,
-                                                        pct_start=max(self.hparams.warmup, 1e-3))
+            sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=[g["lr"] for g in opt.param_groups],
+                                                        total_steps=total, pct_start=max(self.hparams.warmup, 1e-3))
         else:
             w = self.hparams.warmup
             warm = max(1, int(w * total) if w < 1 else int(w))

@@ -31,8 +31,9 @@ class BottleneckAdapter(nn.Module):
         nn.init.zeros_(self.up.weight)
         nn.init.zeros_(self.up.bias)
 
-    def forward(self, x: Tensor, cond: Tensor, skip: Tensor | None = None) -> Tensor:
-        """x (R, H, W, C), cond (R, d), skip like x or None -> b (R, H, W, C)."""
+    def forward(self, x: Tensor, cond: Tensor | None, skip: Tensor | None = None) -> Tensor:
+        """x (R, H, W, C), cond (R, d) or None (a plain LayerNorm, no task conditioning), skip like
+        x or None -> b (R, H, W, C)."""
         h = self.norm(x, cond)
         if skip is not None:
             h = h + skip

@@ -44,8 +44,10 @@ class TaskScaledNorm(nn.Module):
                 tsn.bias.copy_(norm.bias)
         return tsn
 
-    def forward(self, x: Tensor, cond: Tensor) -> Tensor:
-        """x (R, ..., C), cond (R, d) -> (R, ..., C)."""
+    def forward(self, x: Tensor, cond: Tensor | None) -> Tensor:
+        """x (R, ..., C), cond (R, d) -> (R, ..., C); ``cond=None``: the plain LayerNorm (g, b)."""
+        if cond is None:
+            return F.layer_norm(x, (self.dim,), self.weight, self.bias, self.eps)
         shape = (x.shape[0],) + (1,) * (x.dim() - 2) + (self.dim,)
         scale = self.weight * (1.0 + self.delta_scale(cond)).view(shape)
         shift = self.bias + self.delta_shift(cond).view(shape)

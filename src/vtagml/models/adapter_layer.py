@@ -31,7 +31,8 @@ class AdapterLayer(nn.Module):
         cond_dim: conditioning size d.
         skip_dim: channels of the previous adapter layer's bottleneck output when it differs
             from this block's (a stage change): it then passes through a trainable patch merging.
-        use_taa, use_tsn, use_bottleneck: ablation switches (off = the plain block's part).
+        use_taa, use_tsn, use_bottleneck: ablation switches (off = the plain block's part; without
+            TSN every norm, the bottleneck's included, is a plain LayerNorm).
         bottleneck_reduction: r, the bottleneck width is C / r.
         taa_block_size: m (default: the window side).
     """
@@ -47,10 +48,6 @@ class AdapterLayer(nn.Module):
         self.tsn1 = TaskScaledNorm.from_layernorm(block.norm1, cond_dim)
         self.tsn2 = TaskScaledNorm.from_layernorm(block.norm2, cond_dim)
         block.norm1, block.norm2 = nn.Identity(), nn.Identity()  # they live on in tsn1/tsn2
-        if not use_tsn:
-            for tsn in (self.tsn1, self.tsn2):
-                tsn.delta_scale.requires_grad_(False)
-                tsn.delta_shift.requires_grad_(False)
         win_h, win_w = block.window_size
         m = taa_block_size or win_w
         self.taa = TaskAdaptedAttentionBias(cond_dim, win_h * win_w, m) if use_taa else None
@@ -58,6 +55,14 @@ class AdapterLayer(nn.Module):
         self.skip_proj = None
         if use_bottleneck and skip_dim is not None and skip_dim != dim:
             self.skip_proj = PatchMerging(skip_dim, dim)
+        if not use_tsn:  # every norm stays a plain LayerNorm: no task conditioning
+            for tsn in self.task_norms():
+                tsn.delta_scale.requires_grad_(False)
+                tsn.delta_shift.requires_grad_(False)
+
+    def task_norms(self) -> list[TaskScaledNorm]:
+        """TSN1, TSN2 and the bottleneck's TSN_b (when there is a bottleneck)."""
+        return [self.tsn1, self.tsn2] + ([self.bottleneck.norm] if self.bottleneck is not None else [])
 
     def pretrained_parameters(self):
         """The block's own (pretrained) parameters, TSN's copied affine terms included."""
@@ -65,11 +70,6 @@ class AdapterLayer(nn.Module):
         for tsn in (self.tsn1, self.tsn2):
             yield tsn.weight
             yield tsn.bias
-
-    def _norm(self, tsn: TaskScaledNorm, x: Tensor, cond: Tensor) -> Tensor:
-        if self.use_tsn:
-            return tsn(x, cond)
-        return F.layer_norm(x, (tsn.dim,), tsn.weight, tsn.bias, tsn.eps)
 
     def _attention(self, x: Tensor, bias: Tensor | None) -> Tensor:
         """Shifted-window attention of the block with an extra per-sample bias.
@@ -101,15 +101,16 @@ class AdapterLayer(nn.Module):
         """x (R, H, W, C), cond (R, d), skip: previous layer's b or None -> (out, b)."""
         blk = self.block
         bias = self.taa(cond) if self.taa is not None else None
+        norm_cond = cond if self.use_tsn else None  # None: plain LayerNorms
         if self.post_norm:
-            a = x + blk.drop_path1(self._norm(self.tsn1, self._attention(x, bias), cond))
-            f = a + blk.drop_path2(self._norm(self.tsn2, blk.mlp(a), cond))
+            a = x + blk.drop_path1(self.tsn1(self._attention(x, bias), norm_cond))
+            f = a + blk.drop_path2(self.tsn2(blk.mlp(a), norm_cond))
         else:
-            a = x + blk.drop_path1(self._attention(self._norm(self.tsn1, x, cond), bias))
-            f = a + blk.drop_path2(blk.mlp(self._norm(self.tsn2, a, cond)))
+            a = x + blk.drop_path1(self._attention(self.tsn1(x, norm_cond), bias))
+            f = a + blk.drop_path2(blk.mlp(self.tsn2(a, norm_cond)))
         if self.bottleneck is None:
             return f, None
         if skip is not None and self.skip_proj is not None:
             skip = self.skip_proj(skip)
-        b = self.bottleneck(f, cond, skip)
+        b = self.bottleneck(f, norm_cond, skip)
         return f + b, b

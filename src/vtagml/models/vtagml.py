@@ -107,7 +107,9 @@ class VTAGML(nn.Module):
             ``window_size``) for a custom small Swin.
         adapt_last_k: blocks of the second-to-last stage that are adapted (the last stage always is).
         embed_dim: task embedding size d (paper: 343 = 7 * 49; a width, whatever the window).
-        use_taa, use_tsn, use_bottleneck: ablation switches.
+        use_taa, use_tsn, use_bottleneck: ablation switches. Without TSN every norm (the bottleneck's
+            too) is a plain LayerNorm; without TAA and TSN (and a shared decoder) nothing reads the
+            task embeddings and they are frozen: the plain-adapter baseline.
         bottleneck_reduction: r, bottleneck width C / r.
         taa_block_size: m, the TAA block side (default: the window side).
         train_adapted_blocks: also train the adapted blocks' pretrained weights.
@@ -175,6 +177,7 @@ class VTAGML(nn.Module):
             raise ValueError(f"embed_dim must be >= 1, got {embed_dim}")
         self.embed_dim = embed_dim
         self.embeddings = TaskEmbeddings(len(self.tasks), self.embed_dim)
+        self.embeddings.requires_grad_(use_taa or use_tsn or shared_decoder)  # frozen when nothing reads c_t
         layer_kw = dict(cond_dim=self.embed_dim, use_taa=use_taa, use_tsn=use_tsn, use_bottleneck=use_bottleneck,
                         bottleneck_reduction=bottleneck_reduction, taa_block_size=taa_block_size)
         third = [AdapterLayer(b, **layer_kw) for b in split.adapted_blocks]
@@ -354,10 +357,10 @@ class VTAGML(nn.Module):
         comps = {"trunk": list(self.trunk.parameters()),
                  "adapted_blocks": list(self._pretrained_branch_parameters()),
                  "taa": [p for l in self.adapters if l.taa is not None for p in l.taa.parameters()],
-                 "tsn": [p for l in self.adapters for t in (l.tsn1, l.tsn2)
+                 "tsn": [p for l in self.adapters for t in l.task_norms()
                          for p in (*t.delta_scale.parameters(), *t.delta_shift.parameters())],
                  "bottleneck": [p for l in self.adapters for m in (l.bottleneck, l.skip_proj) if m is not None
-                                for p in m.parameters()],
+                                for n, p in m.named_parameters() if ".delta_" not in n],
                  "embeddings": list(self.embeddings.parameters()),
                  "decoders": list(self.decoder.parameters()) + list(self.decoder_film.parameters())
                  if self.shared_decoder else list(self.decoders.parameters()),
@@ -393,6 +396,12 @@ class VTAGML(nn.Module):
         """Trainable parameters to exclude from weight decay: biases, norms, embeddings, TAA patterns."""
         return {n for n, p in self.named_parameters()
                 if p.requires_grad and (p.ndim <= 1 or n.startswith("embeddings.") or n.endswith("taa.pattern"))}
+
+    @torch.jit.ignore
+    def modulation_parameters(self) -> set[str]:
+        """Trainable parameters that modulate the frozen blocks from c_t: TSN deltas and TAA (the
+        optimizer gives them ``lr * modulation_lr``, see :class:`MultitaskModule`)."""
+        return {n for n, p in self.named_parameters() if p.requires_grad and (".delta_" in n or ".taa." in n)}
 
     def _task_state_buffers(self) -> dict[str, Tensor]:
         """Buffers that belong with the adapters: TROA state and the decoders' common initialization."""
@@ -458,7 +467,8 @@ class VTAGML(nn.Module):
                 row = torch.randn(1, self.embed_dim, device=device) * self.embeddings.weight.std().clamp_min(1e-3)
             else:
                 row = sum(a * self.embeddings.weight[self.task_names.index(n)] for n, a in weights.items()).view(1, -1)
-            self.embeddings.weight = nn.Parameter(torch.cat([self.embeddings.weight.detach(), row.to(device)]))
+            self.embeddings.weight = nn.Parameter(torch.cat([self.embeddings.weight.detach(), row.to(device)]),
+                                                  requires_grad=self.embeddings.weight.requires_grad)
         self.troa.add_task()
         head = TaskHead(self.heads[self.task_names[0]].conv.in_channels, task.channels).to(device)
         task.init_head(head.conv)
