@@ -129,7 +129,7 @@ class VTAGMLCLI(LightningCLI):
 
     def before_instantiate_classes(self) -> None:
         what = _NEEDS_CHECKPOINT.get(self.subcommand)
-        config = self.config[self.subcommand]
+        config = self.config[self.subcommand] if what else None
         if what and config.get("ckpt_path") is None and not _loads_saved_model(config):
             raise SystemExit(f"vtagml {self.subcommand} needs --ckpt_path (a trained checkpoint, e.g. the "
                              f"checkpoints/*.ckpt that `vtagml fit` writes) or a saved model directory as "
