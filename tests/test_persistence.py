@@ -17,9 +17,9 @@ from vtagml.tasks import Depth, task_from_spec
 TASKS = ("semseg", "depth", "normals", "edges")
 
 
-def make(checkpoint, tasks=TASKS, **kw):
+def make(checkpoint, tasks=TASKS, num_classes=6, **kw):
     torch.manual_seed(0)
-    return VTAGML(TINY_SWIN["name"], tasks=tasks, num_classes=6, img_size=64, checkpoint_path=checkpoint,
+    return VTAGML(TINY_SWIN["name"], tasks=tasks, num_classes=num_classes, img_size=64, checkpoint_path=checkpoint,
                   backbone_kwargs=TINY_SWIN["kwargs"], adapt_last_k=2, embed_dim=8, decoder_channels=16, **kw)
 
 

@@ -1,76 +1,23 @@
-"""Real-dataset loaders on tiny datasets written here in the exact published layouts and encodings."""
+"""Real-dataset loaders on tiny datasets written (tests/real_data.py) in the exact published layouts and encodings."""
 
-import json
 import random
-import struct
-import zlib
 
 import numpy as np
 import pytest
 import torch
-from PIL import Image
 
+from tests.real_data import H, W, write_cityscapes, write_nyud, write_synthia, write_taskonomy
 from vtagml.data import Cityscapes, FolderDataModule, NYUDv2, Synthia, Taskonomy, collate_multitask
 from vtagml.data.check import check
 from vtagml.data.transforms import JointTransform
 from vtagml.tasks import build_task
-
-H, W = 6, 8
-
-
-def rgb(path, seed=0, size=(H, W)):
-    path.parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(np.random.default_rng(seed).integers(0, 255, (*size, 3), dtype=np.uint8)).save(path)
-
-
-def png(path, arr):
-    """8-bit (uint8) or 16-bit grayscale (uint16) PNG through Pillow."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(arr).save(path)
-
-
-def png16_rgb(path, arr):
-    """A 16-bit RGB PNG written by hand (Pillow cannot), so the reader is checked independently."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    h, w, _ = arr.shape
-    raw = b"".join(b"\x00" + arr[y].astype(">u2").tobytes() for y in range(h))
-
-    def chunk(kind, data):
-        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
-
-    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", w, h, 16, 2, 0, 0, 0))
-                     + chunk(b"IDAT", zlib.compress(raw)) + chunk(b"IEND", b""))
-
 
 # ------------------------------------------------------------------ NYUD-v2
 
 
 @pytest.fixture
 def nyud(tmp_path):
-    root = tmp_path / "NYUD_MT"
-    for i, name in enumerate(["0001", "0002", "0003"]):
-        rgb(root / "images" / f"{name}.jpg", i)
-        seg = np.full((H, W), 5, np.uint8)
-        seg[0, 0], seg[0, 1], seg[1, 0] = 0, 1, 40
-        png(root / "segmentation" / f"{name}.png", seg)
-        depth = np.full((H, W), 2.5, np.float32)
-        depth[2, 3] = 0
-        (root / "depth").mkdir(exist_ok=True)
-        np.save(root / "depth" / f"{name}.npy", depth)
-        normals = np.zeros((H, W, 3), np.float32)
-        normals[..., 0], normals[..., 2] = 0.6, -0.8
-        normals[0, 0] = (0.5, 0.5, -0.8)  # not unit: must be normalized
-        normals[5, 7] = 0  # invalid
-        (root / "normals").mkdir(exist_ok=True)
-        np.save(root / "normals" / f"{name}.npy", normals)
-        edge = np.zeros((H, W), np.float32)
-        edge[:, 4] = 1
-        (root / "edge").mkdir(exist_ok=True)
-        np.save(root / "edge" / f"{name}.npy", edge)
-    (root / "gt_sets").mkdir()
-    (root / "gt_sets" / "train.txt").write_text("0001\n0002\n")
-    (root / "gt_sets" / "val.txt").write_text("0003\n")
-    return root
+    return write_nyud(tmp_path / "NYUD_MT")
 
 
 def test_nyud_decodes_published_values(nyud):
@@ -143,27 +90,7 @@ def test_data_check_reports_and_fails_on_problems(nyud, capsys):
 
 @pytest.fixture
 def taskonomy(tmp_path):
-    root = tmp_path / "taskonomy"
-    for b, views in (("allensville", 2), ("beechwood", 1)):
-        for v in range(views):
-            stem = f"point_{v}_view_0_domain_"
-            rgb(root / "rgb" / b / f"{stem}rgb.png", v)
-            depth = np.full((H, W), 1280, np.uint16)  # 2.5 m
-            depth[0, 0] = 65535
-            png(root / "depth_euclidean" / b / f"{stem}depth_euclidean.png", depth)
-            normal = np.full((H, W, 3), 127, np.uint8)
-            normal[..., 0] = 255
-            png(root / "normal" / b / f"{stem}normal.png", normal)
-            seg = np.full((H, W), 3, np.uint8)
-            seg[1, 1], seg[1, 2] = 0, 1
-            png(root / "segment_semantic" / b / f"{stem}segmentsemantic.png", seg)
-            if b == "allensville":  # beechwood lacks texture edges
-                edges = np.zeros((H, W), np.uint16)
-                edges[2, :] = 65535
-                edges[3, :] = 32768
-                png(root / "edge_texture" / b / f"{stem}edge_texture.png", edges)
-    (root / "splits.csv").write_text("id,train,val,test\nallensville,1,0,0\nbeechwood,0,1,0\n")
-    return root
+    return write_taskonomy(tmp_path / "taskonomy")
 
 
 def test_taskonomy_decodes_published_values(taskonomy):
@@ -198,20 +125,7 @@ def test_taskonomy_missing_modality_is_absent_not_an_error(taskonomy):
 
 @pytest.fixture
 def cityscapes(tmp_path):
-    root = tmp_path / "cityscapes"
-    stem = "aachen_000000_000019"
-    rgb(root / "leftImg8bit" / "train" / "aachen" / f"{stem}_leftImg8bit.png")
-    ids = np.zeros((H, W), np.uint8)
-    ids[0, :5] = [7, 26, 0, 33, 9]  # road, car, unlabeled, bicycle, parking
-    png(root / "gtFine" / "train" / "aachen" / f"{stem}_gtFine_labelIds.png", ids)
-    disp = np.full((H, W), 257, np.uint16)  # (257 - 1) / 256 = 1 pixel
-    disp[0, 0] = 0
-    disp[0, 1] = 1  # disparity exactly 0: invalid too
-    png(root / "disparity" / "train" / "aachen" / f"{stem}_disparity.png", disp)
-    (root / "camera" / "train" / "aachen").mkdir(parents=True)
-    (root / "camera" / "train" / "aachen" / f"{stem}_camera.json").write_text(
-        json.dumps({"extrinsic": {"baseline": 0.2}, "intrinsic": {"fx": 2000.0, "fy": 2000.0}}))
-    return root
+    return write_cityscapes(tmp_path / "cityscapes")
 
 
 def test_cityscapes_train_ids_and_depth_from_disparity(cityscapes):
@@ -224,16 +138,7 @@ def test_cityscapes_train_ids_and_depth_from_disparity(cityscapes):
 
 
 def test_synthia_maps_to_cityscapes_classes(tmp_path):
-    root = tmp_path / "RAND_CITYSCAPES"
-    for i in range(3):
-        name = f"{i:07d}.png"
-        rgb(root / "RGB" / name, i)
-        labels = np.zeros((H, W, 3), np.uint16)
-        labels[0, :4, 0] = [3, 8, 13, 1]  # road, car, (not shared), sky
-        labels[..., 1] = 300 + i  # instance ids live in the other channel
-        png16_rgb(root / "GT" / "LABELS" / name, labels)
-        depth = np.full((H, W), 250, np.uint16)
-        png(root / "Depth" / "Depth" / name, depth)
+    root = write_synthia(tmp_path / "RAND_CITYSCAPES")
     ds = Synthia(root, split="all")
     s = ds[0]
     assert s["semseg"][0, :4].tolist() == [0, 12, 255, 9]  # 16-class compact ids

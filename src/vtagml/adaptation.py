@@ -9,7 +9,10 @@ its target predictions look like source ones. Source losses drive the supervised
 
 ``vtagml adapt`` starts from a saved model directory (trained on the source) and writes the
 adapted model, ``results.json`` and ``results.md`` (target metrics of source-only, adapted and,
-optionally, target-supervised fine-tuning at the same budget).
+optionally, target-supervised fine-tuning at the same budget). ``vtagml novel-domain`` evaluates a
+saved model on its source and a novel domain without any training. Source and target are synthetic
+domains (``--source-domain``, ``--target-domain``) or datamodule YAMLs (``--source-data``,
+``--target-data``); every option can come from ``--config FILE`` (e.g. ``adapt_synthia_cityscapes.yaml``).
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ from vtagml.data.datamodule import MultitaskDataModule, SyntheticDataModule
 from vtagml.engine.module import MultitaskModule
 from vtagml.models.vtagml import VTAGML
 from vtagml.tasks import Task
+from vtagml.transfer import _write_results, evaluate, load_datamodule, model_parser, parse_args
 
 
 class _ReverseGrad(torch.autograd.Function):
@@ -125,8 +129,8 @@ class AdaptationModule(MultitaskModule):
 
 
 class SourceTargetDataModule(L.LightningDataModule):
-    """Training pairs of a labelled source and a target whose labels training never reads (only its
-    images); validation on the target (with its labels, to measure adaptation)."""
+    """Training pairs of a labelled source batch and a target batch of images only (build ``target``
+    without tasks, so that no target label is ever read in training)."""
 
     def __init__(self, source: MultitaskDataModule, target: MultitaskDataModule):
         super().__init__()
@@ -139,9 +143,6 @@ class SourceTargetDataModule(L.LightningDataModule):
     def train_dataloader(self):
         return CombinedLoader({"source": self.source.train_dataloader(), "target": self.target.train_dataloader()},
                               mode="max_size_cycle")
-
-    def val_dataloader(self):
-        return self.target.val_dataloader()
 
 
 # --------------------------------------------------------------------------- the command
@@ -156,9 +157,44 @@ def _fit(net: VTAGML, module_cls, data, epochs: int, lr: float, out: Path, **kw)
     return time.time() - start
 
 
-def adapt(args: argparse.Namespace) -> dict:
-    from vtagml.transfer import _write_results, evaluate
+def domain_data(args: argparse.Namespace, tasks: list[str]) -> dict[str, MultitaskDataModule]:
+    """``source`` (labelled), ``target images`` (no tasks: labels never read) and ``target`` (its labels,
+    for evaluation and the target-supervised bound): ``--source-data``/``--target-data`` datamodule
+    YAMLs, or the synthetic domains."""
+    if (args.source_data is None) != (args.target_data is None):
+        raise ValueError("give both --source-data and --target-data (datamodule YAMLs), or neither (synthetic domains)")
+    if args.source_data is not None:
+        return {"source": load_datamodule(args.source_data, tasks, "source_data"),
+                "target images": load_datamodule(args.target_data, [], "target_data"),
+                "target": load_datamodule(args.target_data, tasks, "target_data")}
 
+    def synthetic(domain, wanted):
+        return SyntheticDataModule(tasks=wanted, size=args.size, domain=domain, train_samples=args.train_samples,
+                                   val_samples=args.val_samples, test_samples=args.val_samples, seed=args.seed,
+                                   batch_size=args.batch_size)
+
+    return {"source": synthetic(args.source_domain, tasks), "target images": synthetic(args.target_domain, []),
+            "target": synthetic(args.target_domain, tasks)}
+
+
+def domain_names(args: argparse.Namespace) -> tuple[str, str]:
+    """The source's and target's names: synthetic domains, datasets of inline specs or YAML file stems."""
+    if args.source_data is None:
+        return args.source_domain, args.target_domain
+    name = lambda spec: spec.get("init_args", {}).get("dataset", "data") if isinstance(spec, dict) else spec.stem  # noqa: E731
+    return name(args.source_data), name(args.target_data)
+
+
+def table(title: str, rows: dict[str, dict]) -> str:
+    """A markdown table of ``{row name: {metric: value}}``, one column per metric."""
+    metrics = sorted({k for r in rows.values() for k in r})
+    lines = [f"# {title}", "", "| | " + " | ".join(metrics) + " |", "|---|" + "---|" * len(metrics)]
+    lines += [f"| {name} | " + " | ".join(f"{r[m]:.4f}" if m in r else "-" for m in metrics) + " |"
+              for name, r in rows.items()]
+    return "\n".join(lines) + "\n"
+
+
+def adapt(args: argparse.Namespace) -> dict:
     L.seed_everything(args.seed, workers=True)
 
     loaded = VTAGML.from_adapters(args.model, checkpoint_path=args.backbone)
@@ -167,46 +203,79 @@ def adapt(args: argparse.Namespace) -> dict:
         return copy.deepcopy(loaded)
 
     tasks = loaded.task_names
-
-    def synthetic(domain):
-        return SyntheticDataModule(tasks=tasks, size=args.size, domain=domain, train_samples=args.train_samples,
-                                   val_samples=args.val_samples, test_samples=args.val_samples, seed=args.seed,
-                                   batch_size=args.batch_size)
-
-    source, target = synthetic(args.source_domain), synthetic(args.target_domain)
+    data = domain_data(args, tasks)
+    source_name, target_name = domain_names(args)
     rows, seconds = {}, {}
-    rows["source only (as trained)"] = evaluate(model(), target, args.out)
+    rows["source only (as trained)"] = evaluate(model(), data["target"], args.out)
     if args.baselines:
         net = model()
-        seconds["source only"] = _fit(net, MultitaskModule, source, args.epochs, args.lr, args.out)
-        rows[f"source only (+{args.epochs} epochs on source)"] = evaluate(net, target, args.out)
+        seconds["source only"] = _fit(net, MultitaskModule, data["source"], args.epochs, args.lr, args.out)
+        rows[f"source only (+{args.epochs} epochs on source)"] = evaluate(net, data["target"], args.out)
     net = model()
-    seconds["adapted"] = _fit(net, AdaptationModule, SourceTargetDataModule(source, target), args.epochs, args.lr,
-                              args.out, adv_weight=args.adv_weight)
-    rows[f"adapted (+{args.epochs} epochs)"] = evaluate(net, target, args.out)
+    seconds["adapted"] = _fit(net, AdaptationModule, SourceTargetDataModule(data["source"], data["target images"]),
+                              args.epochs, args.lr, args.out, adv_weight=args.adv_weight)
+    rows[f"adapted (+{args.epochs} epochs)"] = evaluate(net, data["target"], args.out)
     net.save_adapters(args.out / "model")
     if args.baselines:
         upper = model()
-        seconds["target supervised"] = _fit(upper, MultitaskModule, target, args.epochs, args.lr, args.out)
-        rows[f"target supervised (+{args.epochs} epochs, upper bound)"] = evaluate(upper, target, args.out)
-    metrics = sorted({k for r in rows.values() for k in r})
-    lines = [f"# adapt {args.source_domain} -> {args.target_domain} (target validation split)", "",
-             "| method | " + " | ".join(metrics) + " |", "|---|" + "---|" * len(metrics)]
-    lines += [f"| {name} | " + " | ".join(f"{r.get(m, float('nan')):.4f}" for m in metrics) + " |"
-              for name, r in rows.items()]
-    results = {"source": args.source_domain, "target": args.target_domain, "tasks": tasks, "results": rows,
+        seconds["target supervised"] = _fit(upper, MultitaskModule, data["target"], args.epochs, args.lr, args.out)
+        rows[f"target supervised (+{args.epochs} epochs, upper bound)"] = evaluate(upper, data["target"], args.out)
+    results = {"source": source_name, "target": target_name, "tasks": tasks, "results": rows,
                "train_seconds": {k: round(v, 1) for k, v in seconds.items()}, "epochs": args.epochs,
                "adv_weight": args.adv_weight}
-    _write_results(args.out, results, "\n".join(lines) + "\n")
+    _write_results(args.out, results, table(f"adapt {source_name} -> {target_name} (target validation split)", rows))
     return results
 
 
+def add_domain_options(p: argparse.ArgumentParser) -> None:
+    """Source and target: datamodule YAMLs (real data) or synthetic domains."""
+    p.add_argument("--source-data", type=Path, default=None, help="labelled source: datamodule YAML {class_path, init_args}")
+    p.add_argument("--target-data", type=Path, default=None,
+                   help="target datamodule YAML; training reads its images only, evaluation its val split's labels")
+    p.add_argument("--source-domain", default="a", help="synthetic domain with labels (without --source-data)")
+    p.add_argument("--target-domain", default="b", help="synthetic target domain (without --target-data)")
+
+
 def adapt_main(argv: list[str] | None = None) -> None:
-    from vtagml.transfer import model_parser
     p = model_parser("vtagml adapt", __doc__.split("\n\n")[0], epochs=2, lr=1e-3)
-    p.add_argument("--source-domain", default="a", help="synthetic domain with labels")
-    p.add_argument("--target-domain", default="b", help="synthetic domain whose labels training never reads")
+    add_domain_options(p)
     p.add_argument("--adv-weight", type=float, default=0.01)
     p.add_argument("--baselines", action="store_true",
                    help="also fine-tune on the source only and on target labels (upper bound) at the same budget")
-    adapt(p.parse_args(argv))
+    adapt(parse_args(p, argv))
+
+
+# --------------------------------------------------------------------------- novel domain, no fine-tuning
+
+
+def novel_domain(args: argparse.Namespace) -> dict:
+    """Metrics of a saved model on its source domain and on a novel one as it is (DESIGN.md section 8),
+    beside adapted and target-supervised models when their directories are given."""
+    L.seed_everything(args.seed, workers=True)
+    start = time.time()
+    net = VTAGML.from_adapters(args.model, checkpoint_path=args.backbone)
+    data = domain_data(args, net.task_names)
+    source_name, target_name = domain_names(args)
+    rows = {f"source domain {source_name}": evaluate(net, data["source"], args.out),
+            f"novel domain {target_name}, no fine-tuning": evaluate(net, data["target"], args.out)}
+    source, novel = rows.values()
+    rows["change (novel - source)"] = {k: novel[k] - source[k] for k in novel if k in source}
+    for label, directory in (("adapted", args.adapted), ("target supervised", args.target_supervised)):
+        if directory is not None:
+            other = VTAGML.from_adapters(directory, checkpoint_path=args.backbone)
+            rows[f"novel domain {target_name}, {label} ({directory.name})"] = evaluate(other, data["target"], args.out)
+    seconds = time.time() - start
+    results = {"model": str(args.model), "source": source_name, "target": target_name, "tasks": net.task_names,
+               "results": rows, "seconds": round(seconds, 1)}
+    title = f"novel domain: {args.model} on {source_name} (its source) and {target_name}, validation splits"
+    _write_results(args.out, results, table(title, rows) + f"\n{seconds:.0f} s\n")
+    return results
+
+
+def novel_domain_main(argv: list[str] | None = None) -> None:
+    p = model_parser("vtagml novel-domain", novel_domain.__doc__.split("\n")[0])
+    add_domain_options(p)
+    p.add_argument("--adapted", type=Path, default=None, help="also evaluate this saved model (e.g. `vtagml adapt`'s)")
+    p.add_argument("--target-supervised", type=Path, default=None,
+                   help="also evaluate this saved model trained with the novel domain's labels (upper bound)")
+    novel_domain(parse_args(p, argv))

@@ -13,8 +13,10 @@
 - ``vtagml data check --dataset nyudv2 --root DIR``: validate a dataset download.
 - ``vtagml pretrain``: reproduce the demo backbone weights.
 - ``vtagml benchmark``: baselines and ablations in one table (:mod:`vtagml.benchmark`).
-- ``vtagml add-task`` / ``zero-shot`` (:mod:`vtagml.transfer`), ``vtagml adapt``
-  (:mod:`vtagml.adaptation`): generalization on a saved model directory.
+- ``vtagml add-task`` / ``zero-shot`` (:mod:`vtagml.transfer`), ``vtagml adapt`` / ``novel-domain``
+  (:mod:`vtagml.adaptation`): generalization on a saved model directory. ``validate``/``test``/
+  ``predict`` take a saved model directory instead of ``--ckpt_path`` with ``model.net`` set to
+  :class:`vtagml.SavedModel` (``nyudv2_to_taskonomy.yaml``, ``taskonomy_to_nyudv2.yaml``).
 """
 
 from __future__ import annotations
@@ -52,8 +54,12 @@ commands:
                                                   grow a saved model by a labelled task (others bit-identical)
   vtagml zero-shot --model DIR --task NAME (--prior T=W,... | --affinity-from DIR) --out DIR
                                                   compose a task without labels from the known ones
-  vtagml adapt --model DIR --out DIR [--baselines]
-                                                  unsupervised domain adaptation (synthetic a -> b)
+  vtagml adapt --model DIR --out DIR [--baselines] [--source-data YAML --target-data YAML | --config FILE]
+                                                  unsupervised domain adaptation (default: synthetic a -> b)
+  vtagml novel-domain --model DIR --out DIR [--target-domain b] [--adapted DIR] [--target-supervised DIR]
+                                                  a saved model on its source and a novel domain, no fine-tuning
+  vtagml test --config nyudv2_to_taskonomy.yaml --model.net.init_args.directory DIR
+                                                  a saved model tested on another dataset (model.net: SavedModel)
 
 CONFIG is a YAML file or the name of a packaged config: {configs}.
 `vtagml fit --config demo.yaml --print_config` prints a full, editable configuration;
@@ -67,6 +73,7 @@ _MODULE_COMMANDS = {
     "add-task": "vtagml.transfer:add_task_main",
     "zero-shot": "vtagml.transfer:zero_shot_main",
     "adapt": "vtagml.adaptation:adapt_main",
+    "novel-domain": "vtagml.adaptation:novel_domain_main",
     "benchmark": "vtagml.benchmark:main",
 }
 
@@ -106,6 +113,12 @@ def resolve_config_args(args: list[str]) -> list[str]:
     return out
 
 
+def _loads_saved_model(config) -> bool:
+    """Whether the configuration's model reads a saved model directory (:class:`vtagml.SavedModel`)."""
+    net = config.get("model", {}).get("net")
+    return str(getattr(net, "class_path", "")).endswith("SavedModel")
+
+
 class VTAGMLCLI(LightningCLI):
     """LightningCLI whose data module declares the tasks and class count for the model."""
 
@@ -116,9 +129,11 @@ class VTAGMLCLI(LightningCLI):
 
     def before_instantiate_classes(self) -> None:
         what = _NEEDS_CHECKPOINT.get(self.subcommand)
-        if what and self.config[self.subcommand].get("ckpt_path") is None:
+        config = self.config[self.subcommand] if what else None
+        if what and config.get("ckpt_path") is None and not _loads_saved_model(config):
             raise SystemExit(f"vtagml {self.subcommand} needs --ckpt_path (a trained checkpoint, e.g. the "
-                             f"checkpoints/*.ckpt that `vtagml fit` writes); without it the heads are untrained "
+                             f"checkpoints/*.ckpt that `vtagml fit` writes) or a saved model directory as "
+                             f"model.net (class_path: vtagml.SavedModel); without either the heads are untrained "
                              f"and the {what} would be meaningless")
 
     def instantiate_trainer(self, **kwargs):

@@ -36,19 +36,30 @@ from vtagml.models.vtagml import VTAGML
 # --------------------------------------------------------------------------- shared pieces
 
 
+def load_datamodule(spec: str | Path | dict, tasks: list[str], where: str = "datamodule") -> MultitaskDataModule:
+    """A vtagml datamodule from a YAML file (or its mapping) ``{class_path, init_args}``, loading
+    only ``tasks``' labels (none: images only)."""
+    if not isinstance(spec, dict):
+        where = f"{where} {spec}"
+        spec = yaml.safe_load(Path(spec).read_text())
+    try:
+        module, _, name = spec["class_path"].rpartition(".")
+        cls = getattr(importlib.import_module(module), name)
+    except (KeyError, ImportError, AttributeError, ValueError, TypeError) as err:
+        raise ValueError(f"{where}: expected a datamodule {{class_path, init_args}}: {err!r}") from err
+    try:
+        return cls(**{**(spec.get("init_args") or {}), "tasks": list(tasks)})
+    except TypeError as err:  # an init_args key the class does not take
+        raise ValueError(f"{where}: {name}.init_args: {err}") from err
+
+
 def build_data(args: argparse.Namespace, task: str) -> MultitaskDataModule:
     """The datamodule of ``--data`` (YAML) or the synthetic scenes, loading only ``task``'s labels."""
     if args.data is None:
         return SyntheticDataModule(tasks=[task], size=args.size, domain=args.domain, train_samples=args.train_samples,
                                    val_samples=args.val_samples, test_samples=args.val_samples, seed=args.seed,
                                    batch_size=args.batch_size)
-    spec = yaml.safe_load(Path(args.data).read_text())
-    try:
-        module, _, name = spec["class_path"].rpartition(".")
-        cls = getattr(importlib.import_module(module), name)
-    except (KeyError, ImportError, AttributeError, ValueError) as err:
-        raise ValueError(f"{args.data}: expected a datamodule {{class_path, init_args}}: {err}") from err
-    return cls(**{**spec.get("init_args", {}), "tasks": [task]})
+    return load_datamodule(args.data, [task], "--data")
 
 
 def _trainer(out: Path, epochs: int = 1, **kw) -> L.Trainer:
@@ -75,10 +86,12 @@ def _write_results(out: Path, results: dict, table: str) -> None:
     print(table)
 
 
-def model_parser(prog: str, doc: str, epochs: int, lr: float) -> argparse.ArgumentParser:
+def model_parser(prog: str, doc: str, epochs: int | None = None, lr: float | None = None) -> argparse.ArgumentParser:
     """Options shared by the commands on a saved model: the model, output, backbone, synthetic data
-    and the training budget."""
+    and (with ``epochs``) the training budget."""
     p = argparse.ArgumentParser(prog=prog, description=doc)
+    p.add_argument("--config", type=Path, default=None,
+                   help="YAML mapping of this command's options (e.g. 'epochs: 2'); flags given override it")
     p.add_argument("--model", type=Path, required=True, help="saved model directory (VTAGML.save_adapters)")
     p.add_argument("--out", type=Path, required=True, help="output directory")
     p.add_argument("--backbone", type=Path, default=None, help="backbone weights (default: as the model was saved)")
@@ -86,10 +99,31 @@ def model_parser(prog: str, doc: str, epochs: int, lr: float) -> argparse.Argume
     p.add_argument("--train-samples", type=int, default=1000)
     p.add_argument("--val-samples", type=int, default=200)
     p.add_argument("--batch-size", type=int, default=16)
-    p.add_argument("--epochs", type=int, default=epochs)
-    p.add_argument("--lr", type=float, default=lr)
     p.add_argument("--seed", type=int, default=0)
+    if epochs is not None:
+        p.add_argument("--epochs", type=int, default=epochs)
+        p.add_argument("--lr", type=float, default=lr)
     return p
+
+
+def parse_args(p: argparse.ArgumentParser, argv: list[str] | None) -> argparse.Namespace:
+    """``argv`` parsed over the options of ``--config``: a YAML mapping whose keys are the options'
+    names (``adv_weight``, ``source_data``...); flags given override it."""
+    pre = argparse.ArgumentParser(add_help=False)
+    pre.add_argument("--config", type=Path, default=None)
+    known, _ = pre.parse_known_args(argv)
+    if known.config is not None:
+        values = yaml.safe_load(known.config.read_text()) or {}
+        if not isinstance(values, dict):
+            p.error(f"{known.config}: expected a mapping of options, got {type(values).__name__}")
+        actions = {a.dest: a for a in p._actions if a.dest not in ("help", "config")}
+        unknown = sorted(set(values) - set(actions))
+        if unknown:
+            p.error(f"{known.config}: unknown option(s) {unknown}; options: {sorted(actions)}")
+        for k, v in values.items():
+            actions[k].required = False  # given by the config
+            p.set_defaults(**{k: actions[k].type(v) if isinstance(v, str) and actions[k].type else v})
+    return p.parse_args(argv)
 
 
 def _parser(prog: str, doc: str) -> argparse.ArgumentParser:
@@ -147,7 +181,7 @@ def add_task(args: argparse.Namespace) -> dict:
 
 def add_task_main(argv: list[str] | None = None) -> None:
     p = _parser("vtagml add-task", "Grow a trained model by a labelled task; the existing tasks stay bit-identical.")
-    add_task(p.parse_args(argv))
+    add_task(parse_args(p, argv))
 
 
 # --------------------------------------------------------------------------- zero-shot
@@ -223,4 +257,4 @@ def zero_shot_main(argv: list[str] | None = None) -> None:
     src.add_argument("--prior", help="weights by known task name, e.g. 'depth=1,normals=0.2'")
     src.add_argument("--affinity-from", type=Path, help="a saved model that has the task: its TROA affinities")
     p.add_argument("--upper-bound-epochs", type=int, default=0, help="also train the task with labels (upper bound)")
-    zero_shot(p.parse_args(argv))
+    zero_shot(parse_args(p, argv))

@@ -19,6 +19,7 @@ from torch import Tensor
 from torch.utils.data import Dataset
 
 from vtagml.data.check import validate_label
+from vtagml.data.class_maps import class_map as declared_class_map
 from vtagml.data.io import read_rgb
 
 
@@ -44,8 +45,15 @@ class FileMultitaskDataset(Dataset):
     edge_max_dist: float = 0.0075
 
     def __init__(self, root: str | os.PathLike, split: str, tasks: Sequence[str] | None,
-                 transform: Callable[[dict], dict] | None = None):
+                 transform: Callable[[dict], dict] | None = None, class_map: str | None = None):
         self.root = Path(root)
+        self._class_table = None
+        if class_map is not None:  # semseg labels in another label space (a declared map)
+            source, self.classes, table = declared_class_map(class_map)
+            if source != type(self).classes:
+                raise ValueError(f"class map {class_map!r} maps {len(source)} classes ({source[0]}, ...), not "
+                                 f"{type(self).__name__}'s {len(type(self).classes)}")
+            self._class_table = torch.from_numpy(table.astype("int64"))
         if not self.root.is_dir():
             raise FileNotFoundError(f"{type(self).__name__} root not found: {self.root}")
         self.split = split
@@ -88,6 +96,8 @@ class FileMultitaskDataset(Dataset):
                 if any(str(p) in str(err) for p in paths):
                     raise
                 raise ValueError(f"{paths[0]}: cannot decode the {task} label: {err}") from err
+            if task == "semseg" and self._class_table is not None:
+                value = self._class_table[value]
             if tuple(value.shape[-2:]) != size:
                 raise ValueError(f"{paths[0]}: {task} label is {tuple(value.shape[-2:])}, image {rec.image} is {size}")
             validate_label(self, task, value, paths[0])  # the rules `vtagml data check` reports

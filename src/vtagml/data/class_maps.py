@@ -41,6 +41,35 @@ SYNTHIA_TO_CITYSCAPES: dict[int, str] = {
 }
 
 
+#: NYUD-v2 class -> Taskonomy class (Taskonomy's labels are COCO predictions: what is none of its 16
+#: indoor COCO classes is "background"). NYUD classes not listed (otherfurniture, otherprop, which
+#: hold plants, clocks, vases, ovens...) are ignored. Taskonomy's potted plant, microwave, oven,
+#: toaster, clock, vase and teddy bear have no NYUD counterpart.
+NYUD_TO_TASKONOMY: dict[str, str] = {
+    **{c: "background" for c in (
+        "wall", "floor", "cabinet", "door", "window", "bookshelf", "picture", "counter", "blinds", "shelves", "curtain",
+        "dresser", "pillow", "mirror", "floor mat", "clothes", "ceiling", "paper", "towel", "shower curtain", "box",
+        "whiteboard", "person", "night stand", "lamp", "bathtub", "bag", "otherstructure")},
+    "chair": "chair", "sofa": "couch", "bed": "bed", "table": "dining table", "desk": "dining table",
+    "toilet": "toilet", "television": "tv", "refrigerator": "refrigerator", "books": "book", "sink": "sink",
+}
+
+#: Declared maps between label spaces, by name: (source classes, target classes, source -> target name).
+CLASS_MAPS: dict[str, tuple[tuple[str, ...], tuple[str, ...], dict[str, str]]] = {
+    "nyudv2->taskonomy": (NYUD_CLASSES, TASKONOMY_CLASSES, NYUD_TO_TASKONOMY),
+}
+
+
+def class_map(name: str) -> tuple[tuple[str, ...], tuple[str, ...], np.ndarray]:
+    """A declared map: source classes, target classes and the table ``t[source_id] = target_id``
+    (:data:`IGNORE` for a source class without a target; ``t[IGNORE] = IGNORE``)."""
+    if name not in CLASS_MAPS:
+        raise ValueError(f"unknown class map {name!r}; declared: {sorted(CLASS_MAPS)}")
+    source, target, names = CLASS_MAPS[name]
+    table = lookup_table({source.index(s): target.index(t) for s, t in names.items()}, size=256)
+    return source, target, table
+
+
 def lookup_table(mapping: dict[int, int], size: int = 65536) -> np.ndarray:
     """A uint8 table ``t`` with ``t[source_id] = target_id`` and :data:`IGNORE` elsewhere."""
     table = np.full(size, IGNORE, dtype=np.uint8)

@@ -188,7 +188,7 @@ class FolderDataModule(MultitaskDataModule):
         crop_size: training crop (H, W); ``scale_range`` and ``hflip`` set the augmentation.
         eval_size: resize evaluation images to this (H, W); labels keep their native size and
             predictions are resized back to it (the reference evaluators' protocol). None: native size.
-        dataset_kwargs: extra dataset arguments (``buildings``, ``split_csv``, ``num_classes``...), or
+        dataset_kwargs: extra dataset arguments (``buildings``, ``split_csv``, ``num_classes``, ``class_map``...), or
             per split as ``{"train": {...}, "val": {...}}``.
         batch_size, num_workers, pin_memory, persistent_workers, predict_dir, seed: loader options.
     """
@@ -219,6 +219,9 @@ class FolderDataModule(MultitaskDataModule):
 
     def _classes(self) -> tuple[str, ...]:
         kw = self._split_kwargs("train")
+        if kw.get("class_map") is not None:
+            from vtagml.data.class_maps import class_map
+            return class_map(kw["class_map"])[1]
         if "num_classes" in kw:
             from vtagml.data.class_maps import cityscapes_classes
             return cityscapes_classes(kw["num_classes"])

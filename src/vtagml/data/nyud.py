@@ -30,6 +30,8 @@ class NYUDv2(FileMultitaskDataset):
         split: ``train`` or ``val`` (any ``gt_sets/<split>.txt``).
         tasks: subset of ``semseg, depth, normals, edges`` (default: all).
         transform: joint transform of the sample dict.
+        class_map: a declared map of :mod:`vtagml.data.class_maps` (e.g. ``"nyudv2->taskonomy"``):
+            semseg labels in its target label space (to test a model of that space).
     """
 
     available_tasks = ("semseg", "depth", "normals", "edges")
@@ -40,8 +42,8 @@ class NYUDv2(FileMultitaskDataset):
               "edges": ("edge", ".npy")}
 
     def __init__(self, root: str | os.PathLike, split: str = "train", tasks: Sequence[str] | None = None,
-                 transform: Callable[[dict], dict] | None = None):
-        super().__init__(root, split, tasks, transform)
+                 transform: Callable[[dict], dict] | None = None, class_map: str | None = None):
+        super().__init__(root, split, tasks, transform, class_map)
 
     def list_records(self) -> list[Record]:
         split_file = self.root / "gt_sets" / f"{self.split}.txt"

@@ -2,6 +2,6 @@
 
 from vtagml.models.backbone import create_backbone, load_backbone_checkpoint, split_swin
 from vtagml.models.decoders import FPNDecoder, SwinUNetDecoder
-from vtagml.models.vtagml import VTAGML
+from vtagml.models.vtagml import VTAGML, SavedModel
 
-__all__ = ["VTAGML", "FPNDecoder", "SwinUNetDecoder", "create_backbone", "load_backbone_checkpoint", "split_swin"]
+__all__ = ["VTAGML", "SavedModel", "FPNDecoder", "SwinUNetDecoder", "create_backbone", "load_backbone_checkpoint", "split_swin"]

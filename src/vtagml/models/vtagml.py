@@ -86,6 +86,22 @@ def _compose_into(target: nn.Module, init: nn.Module, sources: Sequence[nn.Modul
         tensor.copy_(base[name] + sum(w * (p[name] - base[name]) for w, p in zip(weights, parts)))
 
 
+def _read_saved(directory: str | os.PathLike) -> dict:
+    """``config.json`` of a saved model directory (checking that its tensors are there too)."""
+    directory = Path(directory)
+    for path in (directory / CONFIG_FILE, directory / WEIGHTS_FILE):
+        if not path.is_file():
+            raise FileNotFoundError(f"{path} not found: not a directory written by VTAGML.save_adapters")
+    return json.loads((directory / CONFIG_FILE).read_text())
+
+
+def _backbone_source(checkpoint_path: str | os.PathLike | None, pretrained: bool | None) -> dict:
+    """Constructor overrides for where the frozen backbone comes from (none: as saved)."""
+    if checkpoint_path is None and pretrained is None:
+        return {}
+    return dict(checkpoint_path=None if checkpoint_path is None else str(checkpoint_path), pretrained=bool(pretrained))
+
+
 def _nchw(x: Tensor) -> Tensor:
     """NHWC (timm Swin's layout) -> NCHW (the decoders' layout). The one conversion point."""
     return x.permute(0, 3, 1, 2)
@@ -316,29 +332,24 @@ class VTAGML(nn.Module):
         Raises:
             ValueError: when the backbone's fingerprint differs from the one the adapters were trained on.
         """
+        saved = _read_saved(directory)
+        model = cls.from_config(saved["config"], **_backbone_source(checkpoint_path, pretrained), **overrides)
+        model._load_saved(directory, saved)
+        return model
+
+    def _load_saved(self, directory: str | os.PathLike, saved: dict) -> None:
+        """Load a saved directory's tensors, refusing a backbone of another fingerprint."""
         from safetensors.torch import load_file
-        directory = Path(directory)
-        config_path, weights_path = directory / CONFIG_FILE, directory / WEIGHTS_FILE
-        for path in (config_path, weights_path):
-            if not path.is_file():
-                raise FileNotFoundError(f"{path} not found: not a directory written by VTAGML.save_adapters")
-        saved = json.loads(config_path.read_text())
-        backbone = {}
-        if checkpoint_path is not None or pretrained is not None:
-            backbone = dict(checkpoint_path=None if checkpoint_path is None else str(checkpoint_path),
-                            pretrained=bool(pretrained))
-        model = cls.from_config(saved["config"], **backbone, **overrides)
-        fingerprint = model.backbone_fingerprint()
+        fingerprint = self.backbone_fingerprint()
         if fingerprint != saved["backbone_fingerprint"]:
             raise ValueError(
                 f"{directory}: the adapters were trained on backbone {saved['config']['backbone']!r} with weights "
                 f"fingerprint {saved['backbone_fingerprint'][:16]}..., but the backbone loaded now "
-                f"({model.config['checkpoint_path'] or ('pretrained' if model.config['pretrained'] else 'random init')})"
+                f"({self.config['checkpoint_path'] or ('pretrained' if self.config['pretrained'] else 'random init')})"
                 f" has {fingerprint[:16]}...; pass the backbone weights they were trained on")
-        state = load_file(str(weights_path))
-        model.align_task_state(state, saved["task_names"])
-        model.load_trainable_state_dict(state)
-        return model
+        state = load_file(str(Path(directory) / WEIGHTS_FILE))
+        self.align_task_state(state, saved["task_names"])
+        self.load_trainable_state_dict(state)
 
     # ------------------------------------------------------------------ parameters
     def _pretrained_branch_parameters(self) -> Iterator[nn.Parameter]:
@@ -493,6 +504,20 @@ class VTAGML(nn.Module):
         self.config["tasks"].append(task.spec())
         return task
 
+    def replace_task(self, name: str, task: Task) -> None:
+        """Put ``task`` (another name or label space, the same head outputs) in the place of task
+        ``name``, keeping its state: decoder, head, embedding and affinities."""
+        i = self.task_indices([name])[0]
+        if task.channels != self.tasks[i].channels:
+            raise ValueError(f"task {task.name!r} needs {task.channels} head outputs, {name!r} has {self.tasks[i].channels}")
+        if task.name != name and task.name in self.task_names:
+            raise ValueError(f"model already has task {task.name!r}")
+        for modules in ([self.heads] + ([] if self.shared_decoder else [self.decoders])):
+            items = [(task.name if k == name else k, m) for k, m in modules.items()]
+            modules.clear()
+            modules.update(items)
+        self.tasks[i], self.task_names[i], self.config["tasks"][i] = task, task.name, task.spec()
+
     def train_only(self, task_name: str) -> "torch.utils.hooks.RemovableHandle":
         """Freeze everything but ``task_name``'s decoder, head and embedding row (for adding a task
         with labels: every other task's state stays bit-identical). Returns the hook handle that
@@ -640,3 +665,55 @@ class VTAGML(nn.Module):
         cond = self.conditioning(idx).expand(enc.z.shape[0], -1)
         third, last = self.adapted_features(enc.z, cond)
         return [*enc.skips, third, last]
+
+
+
+class SavedModel(VTAGML):
+    """A saved model directory (:meth:`VTAGML.save_adapters`) ready to test on a dataset, for a
+    LightningCLI config's ``model.net`` (``class_path: vtagml.SavedModel``; no ``--ckpt_path``).
+
+    Args:
+        directory: the saved model directory.
+        tasks, num_classes: the data's tasks and classes (the CLI links them from ``data``); checked.
+        task_map: the data's name -> the model's name of a task the datasets name differently
+            (e.g. ``{depth_zbuffer: depth}``: NYUD-v2's Kinect depth is Taskonomy's z-buffer depth).
+        class_maps: task -> declared class map (:data:`vtagml.data.class_maps.CLASS_MAPS`) from the
+            model's classes to the data's, e.g. ``{semseg: nyudv2->taskonomy}``.
+        checkpoint_path, pretrained: where the frozen backbone comes from (default: as saved).
+    """
+
+    def __init__(self, directory: str | os.PathLike, tasks: Sequence[str] | None = None,
+                 num_classes: int | None = None, task_map: dict[str, str] | None = None,
+                 class_maps: dict[str, str] | None = None, checkpoint_path: str | os.PathLike | None = None,
+                 pretrained: bool | None = None):
+        from vtagml.data.class_maps import CLASS_MAPS
+        from vtagml.tasks import ClassMapped
+
+        saved = _read_saved(directory)
+        super().__init__(**{**saved["config"], **_backbone_source(checkpoint_path, pretrained)})
+        self._load_saved(directory, saved)
+        for data_name, model_name in (task_map or {}).items():
+            if model_name not in self.task_names:
+                raise ValueError(f"task_map {{{data_name}: {model_name}}}: the model in {directory} has no task "
+                                 f"{model_name!r}; it has {self.task_names}")
+            spec = self.tasks[self.task_names.index(model_name)].spec()
+            self.replace_task(model_name, task_from_spec({**spec, "init_args": {**spec["init_args"], "name": data_name}}))
+        for name, mapping in (class_maps or {}).items():
+            if name not in self.task_names:
+                raise ValueError(f"class_maps names task {name!r}; the model in {directory} has {self.task_names}")
+            old = self.tasks[self.task_names.index(name)]
+            new = ClassMapped(mapping, name=name, weight=old.weight)
+            if new.channels != old.channels:
+                raise ValueError(f"class map {mapping!r} maps {new.channels} classes; the model's {name} in "
+                                 f"{directory} predicts {old.channels}")
+            self.replace_task(name, new)
+        missing = [t for t in tasks or () if t not in self.task_names]
+        if missing:
+            raise ValueError(f"the data's task(s) {missing} are not tasks of the model in {directory} "
+                             f"({self.task_names}); map differently named ones with task_map {{data_task: model_task}}")
+        for task in self.tasks:
+            if task.kind == "classes" and num_classes is not None and task.name in (tasks or ()) \
+                    and task.num_classes != num_classes:
+                raise ValueError(f"the model in {directory} predicts {task.num_classes} {task.name} classes, the data "
+                                 f"has {num_classes}: declare a class map (class_maps: {{{task.name}: NAME}}, one of "
+                                 f"{sorted(CLASS_MAPS)}) or the data's (dataset_kwargs: {{class_map: NAME}})")

@@ -87,6 +87,30 @@ class SemanticSegmentation(Task):
         return out
 
 
+class ClassMapped(SemanticSegmentation):
+    """Semantic segmentation of a head trained on a declared map's source classes, predicting in its
+    target classes (:func:`vtagml.data.class_maps.class_map`), to test a model on another dataset.
+
+    A target class's logit is the largest logit of its source classes (so the argmax is the map of
+    the source argmax among mapped classes); a target class without a source is never predicted.
+    """
+
+    def __init__(self, class_map: str, name: str = "semseg", weight: float = 1.0, ignore_index: int = IGNORE_INDEX,
+                 absent_classes: str = "drop"):
+        from vtagml.data.class_maps import class_map as declared_class_map
+        source, target, table = declared_class_map(class_map)
+        super().__init__(len(target), name, weight, ignore_index, list(target), absent_classes)
+        self.class_map, self.channels = class_map, len(source)  # the head predicts the source classes
+        self.source_ids = torch.from_numpy(table[: len(source)].astype(np.int64))
+
+    def postprocess(self, raw: Tensor) -> Tensor:
+        mapped = self.source_ids.to(raw.device) != IGNORE_INDEX
+        b, _, h, w = raw.shape
+        index = self.source_ids.to(raw.device)[mapped].view(1, -1, 1, 1).expand(b, -1, h, w)
+        out = raw.new_full((b, self.num_classes, h, w), -1e4)
+        return out.scatter_reduce(1, index, raw[:, mapped], reduce="amax", include_self=False)
+
+
 class Depth(Task):
     """Metric depth (B, 1, H, W) in metres, 0 = invalid.
 
