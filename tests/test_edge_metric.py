@@ -1,13 +1,15 @@
 """BSDS edge ODS-F: MATLAB thinning derived by hand, maximum one-to-one matching against a dense
 assignment reference, split-level accumulation, and the maxDist of the datasets."""
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
 from scipy.optimize import linear_sum_assignment
 
 from vtagml.data.nyud import NYUDv2
-from vtagml.data.synthetic import SyntheticScenes
+from vtagml.data.synthetic import SyntheticScenes, render_scene
 from vtagml.data.taskonomy import Taskonomy
 from vtagml.tasks import Edges, build_task
 from vtagml.tasks.bsds import bsds_thresholds, bwmorph_thin, edge_counts, match_count, match_radius
@@ -263,3 +265,46 @@ def test_worker_processes_give_the_serial_counts():
     parallel.update(prob, target, valid)
     for name in ("matched_pred", "num_pred", "matched_gt", "num_gt"):
         assert torch.equal(getattr(serial, name), getattr(parallel, name)), name
+
+
+# ----------------------------------------------------------------- frozen counts
+
+
+FROZEN_COUNTS = Path(__file__).parent / "data" / "bsds_counts_e339f4b.npz"
+
+
+def count_cases():
+    """(name, prob, gt, thresholds, radius, thin) covering sizes, radii, ties and empty maps."""
+    rng = np.random.default_rng(2024)
+    grid99 = bsds_thresholds(99)
+    for h, w in ((1, 1), (3, 9), (16, 16), (33, 20), (64, 64)):
+        for radius in (1.0, 1.5, 3.3):
+            prob = rng.uniform(size=(h, w))
+            gt = rng.uniform(size=(h, w)) < rng.uniform(0.05, 0.5)
+            yield f"uniform{h}x{w}r{radius}", prob, gt, grid99, radius, True
+    smooth = np.cumsum(np.cumsum(rng.normal(size=(40, 48)), 0), 1)
+    smooth = (smooth - smooth.min()) / np.ptp(smooth)
+    yield "ties", np.round(smooth * 20) / 20, rng.uniform(size=(40, 48)) < 0.2, grid99, 2.0, True
+    yield "repeated and unsorted thresholds", smooth, smooth > 0.6, np.array([0.5, 0.5, 0.2, 0.9, 0.0]), 1.0, True
+    yield "unthinned", smooth, smooth > 0.7, grid99[4::5], 1.5, False
+    yield "no prediction", np.zeros((20, 30)), rng.uniform(size=(20, 30)) < 0.3, grid99, 1.0, True
+    yield "no ground truth", smooth, np.zeros((40, 48), bool), grid99, 1.0, True
+    yield "both empty", np.zeros((8, 8)), np.zeros((8, 8), bool), grid99, 1.0, True
+    prob, target = synthetic_edge_batch(2, size=(64, 80), seed=6)
+    for i, radius in enumerate((1.0, 4.0)):
+        yield f"edges{i}", prob[i, 0].double().numpy(), target[i, 0].numpy() > 0.5, grid99, radius, True
+    for index in range(2):  # synthetic scenes and a blurred, cluttered prediction of their edges
+        gt = render_scene(0, "val", index, "a", 64)["edges"] > 0
+        blur = np.clip(np.convolve(gt.ravel().astype(float), np.ones(3) / 2, "same").reshape(gt.shape), 0, 1)
+        yield f"scene{index}", 0.8 * blur + 0.3 * rng.uniform(size=gt.shape), gt, grid99, 1.0 + 2 * index, True
+
+
+def test_counts_equal_the_frozen_counts_of_the_flow_implementation():
+    # Counts computed by the per-threshold max-flow implementation (commit e339f4b) on these
+    # cases; the batched Hopcroft-Karp matching must reproduce every one of them.
+    frozen = np.load(FROZEN_COUNTS)
+    names = []
+    for name, prob, gt, thresholds, radius, thin in count_cases():
+        names.append(name)
+        assert np.array_equal(edge_counts(prob, gt, thresholds, radius, thin), frozen[name]), name
+    assert sorted(names) == sorted(frozen.files)
