@@ -11,7 +11,8 @@ import torch
 from PIL import Image
 
 from tests.conftest import TINY_SWIN
-from tests.test_real_datasets import H, W, cityscapes, nyud, png, taskonomy  # noqa: F401  (fixtures)
+from tests.real_data import H, W, png
+from tests.test_real_datasets import cityscapes, nyud, taskonomy  # noqa: F401  (fixtures)
 from vtagml import VTAGML
 from vtagml.data import Cityscapes, FolderDataModule, NYUDv2, SyntheticDataModule, Taskonomy
 from vtagml.data.check import check, main as check_main

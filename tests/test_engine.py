@@ -192,8 +192,13 @@ TINY_BACKBONE = ["--model.net.init_args.backbone", TINY_SWIN["name"], "--model.n
                  "--model.net.init_args.decoder_channels", "16", "--model.net.init_args.embed_dim", "8"]
 
 
+#: configs of other commands, run by their own tests: benchmark presets (test_benchmark), `vtagml adapt`
+#: (test_adaptation), `vtagml test` of a saved model on another dataset (test_novel_domain)
+NOT_FIT_CONFIGS = ("benchmark_", "adapt_", "nyudv2_to_", "taskonomy_to_")
+
+
 @pytest.mark.parametrize("config", sorted(p.name for p in (ROOT / "configs").glob("*.yaml")
-                                           if not p.name.startswith("benchmark_")))  # presets: test_benchmark
+                                           if not p.name.startswith(NOT_FIT_CONFIGS)))
 def test_every_shipped_config_runs_one_step(config, tmp_path, request):
     """Each YAML under configs/ trains one step (fast_dev_run) as shipped, except that the
     backbone is a tiny random Swin (no hub here) and data is a tiny copy in the real layout."""
