@@ -96,8 +96,9 @@ def _read_saved(directory: str | os.PathLike) -> dict:
 
 
 def _backbone_source(checkpoint_path: str | os.PathLike | None, pretrained: bool | None) -> dict:
-    """Constructor overrides for where the frozen backbone comes from (none: as saved)."""
-    if checkpoint_path is None and pretrained is None:
+    """Constructor overrides for where the frozen backbone comes from (none: as saved). ``pretrained``
+    False counts as not given: some jsonargparse releases pass False for an unset ``bool | None``."""
+    if checkpoint_path is None and not pretrained:
         return {}
     return dict(checkpoint_path=None if checkpoint_path is None else str(checkpoint_path), pretrained=bool(pretrained))
 
