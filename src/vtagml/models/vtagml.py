@@ -244,8 +244,7 @@ class VTAGML(nn.Module):
             backbone_kwargs=dict(backbone_kwargs or {}), adapt_last_k=adapt_last_k, embed_dim=self.embed_dim,
             use_taa=use_taa, use_tsn=use_tsn, use_bottleneck=use_bottleneck, bottleneck_reduction=bottleneck_reduction,
             taa_block_size=taa_block_size, train_adapted_blocks=train_adapted_blocks, train_trunk=train_trunk, decoder=decoder,
-            decoder_channels=decoder_channels, shared_decoder=shared_decoder,
-            image_skip_stride=dict(image_skip_stride) if isinstance(image_skip_stride, dict) else image_skip_stride)
+            decoder_channels=decoder_channels, shared_decoder=shared_decoder, image_skip_stride=self.image_skip_stride)
         self.train()
 
     def _image_stride(self, task_name: str | None) -> int:
@@ -489,7 +488,7 @@ class VTAGML(nn.Module):
             if isinstance(self.image_skip_stride, dict) and same_kind:  # a new task sees as finely as its kind
                 stride = self._image_stride(same_kind[0])
                 if stride != 2:
-                    self.image_skip_stride[task.name] = self.config["image_skip_stride"][task.name] = stride
+                    self.image_skip_stride[task.name] = stride  # the config holds this same mapping
             decoder = self._task_decoder(self.decoders[self.task_names[0]], task.name)
             decoder.load_state_dict(self.decoder_init.state_dict())
             if weights is not None:

@@ -101,14 +101,16 @@ class ClassMapped(SemanticSegmentation):
         source, target, table = declared_class_map(class_map)
         super().__init__(len(target), name, weight, ignore_index, list(target), absent_classes)
         self.class_map, self.channels = class_map, len(source)  # the head predicts the source classes
-        self.source_ids = torch.from_numpy(table[: len(source)].astype(np.int64))
+        targets = torch.from_numpy(table[: len(source)].astype(np.int64))
+        mapped = targets != IGNORE_INDEX  # resolved once here: no boolean indexing (a host sync) per forward
+        self.mapped_sources, self.mapped_targets = mapped.nonzero()[:, 0], targets[mapped]
 
     def postprocess(self, raw: Tensor) -> Tensor:
-        mapped = self.source_ids.to(raw.device) != IGNORE_INDEX
         b, _, h, w = raw.shape
-        index = self.source_ids.to(raw.device)[mapped].view(1, -1, 1, 1).expand(b, -1, h, w)
+        index = self.mapped_targets.to(raw.device).view(1, -1, 1, 1).expand(b, -1, h, w)
         out = raw.new_full((b, self.num_classes, h, w), -1e4)
-        return out.scatter_reduce(1, index, raw[:, mapped], reduce="amax", include_self=False)
+        return out.scatter_reduce(1, index, raw.index_select(1, self.mapped_sources.to(raw.device)),
+                                  reduce="amax", include_self=False)
 
 
 class Depth(Task):
