@@ -71,10 +71,12 @@ def test_one_step_keeps_frozen_weights_and_moves_trainable(tiny_checkpoint):
     assert frozen and trainable
     opt = torch.optim.AdamW(model.trainable_parameters(), lr=1e-2, weight_decay=0.0)
     x = torch.rand(2, 3, 64, 64, device=DEVICE)
+    torch.manual_seed(0)  # random per-pixel weights: no output's loss is constant (|unit normal|² is)
+    weights = {k: torch.randn(v.shape, device=DEVICE) for k, v in model(x).items()}
     for step in range(2):
         opt.zero_grad()
         out = model(x)
-        loss = sum(v.float().pow(2).mean() for v in out.values())
+        loss = sum((v.float() * weights[k]).mean() for k, v in out.items())
         loss.backward()
         for n, p in model.named_parameters():
             if not p.requires_grad:

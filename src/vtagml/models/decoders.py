@@ -43,8 +43,9 @@ class FPNDecoder(nn.Module):
     Lateral 1x1 convs and a top-down pathway; one 3x3 conv per level, all levels summed at the
     finest level. With an image branch (edges need it), a shallow stem on the image restores
     detail at ``image_skip_stride``: the pyramid output is reduced to ``channels // 2`` by a 1x1
-    conv, upsampled, concatenated with the stem and refined by one 3x3 conv there. The
-    fine-stride work runs at half width, where most of the pixels are.
+    conv and upsampled, and a 3x3 conv of the stem is added to it before a norm and ReLU. This
+    is a concatenation and 3x3 conv whose pyramid part is 1x1: the upsampled pyramid is smooth,
+    and the fine-stride work (where most pixels are) costs a third of the full 3x3 conv's.
 
     Args:
         in_channels: channels per input level (finest first), from ``feature_info``.
@@ -69,7 +70,7 @@ class FPNDecoder(nn.Module):
             stem = max(8, channels // 4)
             self.reduce = nn.Conv2d(channels, fine, 1)
             self.stem = nn.Sequential(_conv_gn_relu(3, stem, image_skip_stride), _conv_gn_relu(stem, stem))
-            self.refine = _conv_gn_relu(fine + stem, fine)
+            self.refine = _conv_gn_relu(stem, fine)
             self.out_channels, self.out_stride = fine, image_skip_stride
 
     def set_image_stride(self, stride: int) -> None:
@@ -92,9 +93,10 @@ class FPNDecoder(nn.Module):
         if self.image_skip_stride:
             if image is None:
                 raise ValueError("this FPNDecoder has an image branch: pass the image")
-            detail = self.stem(image)
+            conv, norm, relu = self.refine
+            detail = conv(self.stem(image))
             out = F.interpolate(self.reduce(out), size=detail.shape[-2:], mode="bilinear", align_corners=False)
-            out = self.refine(torch.cat([out, detail], dim=1))
+            out = relu(norm(out + detail))
         return out
 
 
