@@ -279,3 +279,46 @@ def test_image_stride_per_task(tiny_checkpoint):
     with pytest.raises(ValueError, match="edge'"):
         VTAGML(TINY_SWIN["name"], tasks=("semseg",), num_classes=5, img_size=64, checkpoint_path=tiny_checkpoint,
                backbone_kwargs=TINY_SWIN["kwargs"], embed_dim=8, image_skip_stride={"edge": 1})
+
+
+def test_pixel_shuffle_head_puts_each_output_at_its_pixel():
+    """Output (c, 2i + a, 2j + b) is the 1x1 conv's channel 4c + 2a + b at (i, j)."""
+    from vtagml.models.decoders import TaskHead
+
+    torch.manual_seed(0)
+    head = TaskHead(6, 2, scale=2, upsample="pixel_shuffle")
+    x = torch.randn(1, 6, 3, 5)
+    raw = head.conv(x)
+    out = head(x, (6, 10))
+    assert out.shape == (1, 2, 6, 10) and raw.shape == (1, 8, 3, 5)
+    for c, a, b, i, j in [(0, 0, 0, 0, 0), (1, 1, 0, 2, 3), (0, 1, 1, 1, 4), (1, 0, 1, 2, 0)]:
+        assert out[0, c, 2 * i + a, 2 * j + b] == raw[0, 4 * c + 2 * a + b, i, j]
+    assert TaskHead(6, 2, scale=2).conv.out_channels == 2  # bilinear: one value per position
+    with pytest.raises(ValueError, match="nearest"):
+        TaskHead(6, 2, scale=2, upsample="nearest")
+
+
+def test_head_upsample_per_task(tiny_checkpoint):
+    """Pixel-shuffle edges beside bilinear semseg; a task added later, renamed or rebuilt from the
+    config keeps its kind's head; unknown tasks or modes are refused by name."""
+    model = VTAGML(TINY_SWIN["name"], tasks=("semseg", "edges"), num_classes=5, img_size=64,
+                   checkpoint_path=tiny_checkpoint, backbone_kwargs=TINY_SWIN["kwargs"], adapt_last_k=2,
+                   embed_dim=8, decoder_channels=16, head_upsample={"edges": "pixel_shuffle"})
+    assert {t: (h.upsample, h.scale) for t, h in model.heads.items()} == {"semseg": ("bilinear", 1),
+                                                                         "edges": ("pixel_shuffle", 2)}
+    out = model(torch.rand(2, 3, 62, 90))  # padded to the window grid, cropped back
+    assert out["edges"].shape == (2, 1, 62, 90) and out["semseg"].shape == (2, 5, 62, 90)
+    model.add_task("edges_occlusion", composition={"edges": 1.0})
+    assert model.heads["edges_occlusion"].scale == 2
+    assert torch.equal(model.heads["edges_occlusion"].conv.weight, model.heads["edges"].conv.weight)
+    from vtagml.tasks import Edges
+    model.replace_task("edges", Edges(name="boundaries"))
+    assert model.config["head_upsample"] == {"boundaries": "pixel_shuffle", "edges_occlusion": "pixel_shuffle"}
+    rebuilt = VTAGML.from_config(model.config)
+    assert {t: h.scale for t, h in rebuilt.heads.items()} == {"semseg": 1, "boundaries": 2, "edges_occlusion": 2}
+    kw = dict(tasks=("semseg",), num_classes=5, img_size=64, checkpoint_path=tiny_checkpoint,
+              backbone_kwargs=TINY_SWIN["kwargs"], embed_dim=8)
+    with pytest.raises(ValueError, match="edge'"):
+        VTAGML(TINY_SWIN["name"], head_upsample={"edge": "pixel_shuffle"}, **kw)
+    with pytest.raises(ValueError, match="nearest"):
+        VTAGML(TINY_SWIN["name"], head_upsample="nearest", **kw)

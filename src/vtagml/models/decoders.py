@@ -158,15 +158,35 @@ class SwinUNetDecoder(nn.Module):
         return self.final(x).permute(0, 3, 1, 2)
 
 
-class TaskHead(nn.Module):
-    """1x1 conv to the task's channels, resized to the image size."""
+#: How a head brings its decoder's stride-s output to the image size.
+HEAD_UPSAMPLING = ("bilinear", "pixel_shuffle")
 
-    def __init__(self, in_channels: int, out_channels: int):
+
+class TaskHead(nn.Module):
+    """1x1 conv to the task's channels, brought to the image size.
+
+    ``bilinear`` resizes the head's output (smooth maps: depth, normals, class scores);
+    ``pixel_shuffle`` predicts ``scale``² values per decoder position, one per image pixel it
+    covers (one-pixel-thin structure such as edges, at the cost of a stride-``scale`` decoder).
+
+    Args:
+        in_channels, out_channels: decoder output channels, task channels.
+        scale: the decoder's output stride (used by ``pixel_shuffle``).
+        upsample: one of :data:`HEAD_UPSAMPLING`.
+    """
+
+    def __init__(self, in_channels: int, out_channels: int, scale: int = 1, upsample: str = "bilinear"):
         super().__init__()
-        self.conv = nn.Conv2d(in_channels, out_channels, 1)
+        if upsample not in HEAD_UPSAMPLING:
+            raise ValueError(f"head upsample must be one of {HEAD_UPSAMPLING}, got {upsample!r}")
+        self.upsample = upsample
+        self.scale = scale if upsample == "pixel_shuffle" else 1
+        self.conv = nn.Conv2d(in_channels, out_channels * self.scale ** 2, 1)
 
     def forward(self, x: Tensor, size: tuple[int, int]) -> Tensor:
         x = self.conv(x)
+        if self.scale > 1:
+            x = F.pixel_shuffle(x, self.scale)
         if x.shape[-2:] != tuple(size):
             x = F.interpolate(x, size=size, mode="bilinear", align_corners=False)
         return x

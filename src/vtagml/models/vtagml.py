@@ -29,7 +29,7 @@ from vtagml.affinity import TaskAffinity
 from vtagml.layers import TaskEmbeddings
 from vtagml.models.adapter_layer import AdapterLayer
 from vtagml.models.backbone import create_backbone, split_swin
-from vtagml.models.decoders import DECODERS, FPNDecoder, TaskHead
+from vtagml.models.decoders import DECODERS, HEAD_UPSAMPLING, FPNDecoder, TaskHead
 from vtagml.tasks import Task, build_tasks, task_from_spec
 
 #: Files of a saved model directory (:meth:`VTAGML.save_adapters`).
@@ -138,6 +138,10 @@ class VTAGML(nn.Module):
         image_skip_stride: FPN image branch stride (1, 2, or 0 for none), for every task or per task
             name, e.g. ``{"edges": 1}`` (tasks not named: 2). Edges need full resolution: their
             labels are one pixel thick and the edge metric matches within a pixel.
+        head_upsample: how heads reach the image size from the decoder's stride, ``"bilinear"`` or
+            ``"pixel_shuffle"`` (:class:`~vtagml.models.decoders.TaskHead`), for every task or per
+            task name, e.g. ``{"edges": "pixel_shuffle"}`` (tasks not named: bilinear): one-pixel
+            edges from a stride-2 decoder, at a third of a stride-1 decoder's cost.
     """
 
     def __init__(
@@ -164,6 +168,7 @@ class VTAGML(nn.Module):
         decoder_channels: int = 64,
         shared_decoder: bool = False,
         image_skip_stride: int | dict[str, int] = 2,
+        head_upsample: str | dict[str, str] = "bilinear",
     ):
         super().__init__()
         tasks = [task_from_spec(t) if isinstance(t, dict) else t for t in tasks]
@@ -214,6 +219,12 @@ class VTAGML(nn.Module):
         unknown = sorted(set(image_skip_stride) - set(self.task_names)) if isinstance(image_skip_stride, dict) else []
         if unknown:
             raise ValueError(f"image_skip_stride names task(s) {unknown} the model does not have ({self.task_names})")
+        self.head_upsample = dict(head_upsample) if isinstance(head_upsample, dict) else head_upsample
+        modes = set(self.head_upsample.values()) if isinstance(head_upsample, dict) else {head_upsample}
+        unknown = sorted(set(head_upsample) - set(self.task_names)) if isinstance(head_upsample, dict) else []
+        if unknown or not modes <= set(HEAD_UPSAMPLING):
+            raise ValueError(f"head_upsample: task(s) {unknown} are not tasks of the model ({self.task_names})" if unknown
+                             else f"head_upsample must be one of {HEAD_UPSAMPLING}, got {sorted(modes - set(HEAD_UPSAMPLING))}")
         if isinstance(image_skip_stride, dict) and (shared_decoder or decoder != "fpn"):
             raise ValueError("a per-task image_skip_stride needs per-task FPN decoders (decoder='fpn', "
                              "shared_decoder=False)")
@@ -233,9 +244,7 @@ class VTAGML(nn.Module):
             # decoders compose as task vectors theta_0 + sum_j a_j (theta_j - theta_0) and new tasks start there
             self.decoders = nn.ModuleDict({t.name: self._task_decoder(template, t.name) for t in self.tasks})
             self.decoder_init = _frozen_copy(template)
-        self.heads = nn.ModuleDict({t.name: TaskHead(template.out_channels, t.channels) for t in self.tasks})
-        for t in self.tasks:
-            t.init_head(self.heads[t.name].conv)
+        self.heads = nn.ModuleDict({t.name: self._task_head(t, template.out_channels) for t in self.tasks})
         #: every constructor argument, JSON-ready (tasks as specs): rebuilds this model with :meth:`from_config`
         self.config = dict(
             backbone=backbone, tasks=[t.spec() for t in self.tasks], num_classes=num_classes,  # specs carry weights
@@ -244,7 +253,8 @@ class VTAGML(nn.Module):
             backbone_kwargs=dict(backbone_kwargs or {}), adapt_last_k=adapt_last_k, embed_dim=self.embed_dim,
             use_taa=use_taa, use_tsn=use_tsn, use_bottleneck=use_bottleneck, bottleneck_reduction=bottleneck_reduction,
             taa_block_size=taa_block_size, train_adapted_blocks=train_adapted_blocks, train_trunk=train_trunk, decoder=decoder,
-            decoder_channels=decoder_channels, shared_decoder=shared_decoder, image_skip_stride=self.image_skip_stride)
+            decoder_channels=decoder_channels, shared_decoder=shared_decoder, image_skip_stride=self.image_skip_stride,
+            head_upsample=self.head_upsample)
         self.train()
 
     def _image_stride(self, task_name: str | None) -> int:
@@ -252,6 +262,14 @@ class VTAGML(nn.Module):
         if isinstance(self.image_skip_stride, dict):
             return self.image_skip_stride.get(task_name, 2)
         return self.image_skip_stride
+
+    def _task_head(self, task: Task, in_channels: int) -> TaskHead:
+        """A new head for ``task``, at its decoder's stride, initialized by the task."""
+        decoder = self.decoder if self.shared_decoder else self.decoders[task.name]
+        mode = self.head_upsample.get(task.name, "bilinear") if isinstance(self.head_upsample, dict) else self.head_upsample
+        head = TaskHead(in_channels, task.channels, decoder.out_stride, mode)
+        task.init_head(head.conv)
+        return head
 
     def _task_decoder(self, template: nn.Module, task_name: str) -> nn.Module:
         """A copy of ``template`` (same weights) for ``task_name``, at that task's image stride."""
@@ -481,10 +499,10 @@ class VTAGML(nn.Module):
             self.embeddings.weight = nn.Parameter(torch.cat([self.embeddings.weight.detach(), row.to(device)]),
                                                   requires_grad=self.embeddings.weight.requires_grad)
         self.troa.add_task()
-        head = TaskHead(self.heads[self.task_names[0]].conv.in_channels, task.channels).to(device)
-        task.init_head(head.conv)
+        same_kind = [n for n, t in zip(self.task_names, self.tasks) if t.kind == task.kind]
+        if isinstance(self.head_upsample, dict) and same_kind and same_kind[0] in self.head_upsample:
+            self.head_upsample[task.name] = self.head_upsample[same_kind[0]]  # as its kind (the config's mapping)
         if not self.shared_decoder:
-            same_kind = [n for n, t in zip(self.task_names, self.tasks) if t.kind == task.kind]
             if isinstance(self.image_skip_stride, dict) and same_kind:  # a new task sees as finely as its kind
                 stride = self._image_stride(same_kind[0])
                 if stride != 2:
@@ -494,6 +512,7 @@ class VTAGML(nn.Module):
             if weights is not None:
                 _compose_into(decoder, self.decoder_init, [self.decoders[n] for n in weights], list(weights.values()))
             self.decoders[task.name] = decoder
+        head = self._task_head(task, self.heads[self.task_names[0]].conv.in_channels).to(device)
         if head_weights is not None:
             with torch.no_grad():
                 for name, p in head.named_parameters():
@@ -516,6 +535,9 @@ class VTAGML(nn.Module):
             items = [(task.name if k == name else k, m) for k, m in modules.items()]
             modules.clear()
             modules.update(items)
+        for per_task in (self.image_skip_stride, self.head_upsample):  # the config's own mappings
+            if isinstance(per_task, dict) and name in per_task:
+                per_task[task.name] = per_task.pop(name)
         self.tasks[i], self.task_names[i], self.config["tasks"][i] = task, task.name, task.spec()
 
     def train_only(self, task_name: str) -> "torch.utils.hooks.RemovableHandle":
