@@ -1,0 +1,47 @@
+"""benchmarks/depth_scale.py: the depth-scale diagnosis of a saved model."""
+
+import importlib.util
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from tests.conftest import TINY_SWIN
+from vtagml import VTAGML
+
+SCRIPT = Path(__file__).parents[1] / "benchmarks" / "depth_scale.py"
+SPEC = importlib.util.spec_from_file_location("depth_scale", SCRIPT)
+depth_scale = sys.modules["depth_scale"] = importlib.util.module_from_spec(SPEC)
+SPEC.loader.exec_module(depth_scale)
+
+
+def test_delta1_counts_valid_pixels_within_the_ratio():
+    gt = torch.tensor([[[[1.0, 2.0, 4.0, 0.0]]]])  # the last pixel is invalid
+    assert depth_scale.delta1(gt * 1.2, gt) == 1.0
+    assert depth_scale.delta1(gt / 1.3, gt) == 0.0
+    pred = torch.tensor([[[[1.1, 3.0, 4.0, 9.0]]]])  # 1.1 and 4.0 within 1.25 of 1 and 4; 3 / 2 is not
+    assert depth_scale.delta1(pred, gt) == pytest.approx(2 / 3)
+
+
+def _report(tiny_checkpoint, directory, monkeypatch, capsys, seed):
+    torch.manual_seed(seed)
+    model = VTAGML(TINY_SWIN["name"], tasks=("depth",), img_size=64, checkpoint_path=tiny_checkpoint,
+                   backbone_kwargs=TINY_SWIN["kwargs"], adapt_last_k=2, embed_dim=8, decoder_channels=16)
+    with torch.no_grad():  # a head that varies the prediction per pixel
+        model.heads["depth"].conv.weight.normal_(0.0, 0.5)
+    model.save_adapters(directory)
+    monkeypatch.setattr(sys, "argv", ["depth_scale.py", str(directory), "--samples", "6"])
+    depth_scale.main()
+    rows = capsys.readouterr().out.strip().splitlines()
+    return {r.rsplit(maxsplit=1)[0]: float(r.split()[-1]) for r in rows}
+
+
+def test_report_of_a_saved_model(tiny_checkpoint, tmp_path, monkeypatch, capsys):
+    """Five figures; the camera-height ceiling depends on the data only, not on the model."""
+    a = _report(tiny_checkpoint, tmp_path / "a", monkeypatch, capsys, seed=0)
+    b = _report(tiny_checkpoint, tmp_path / "b", monkeypatch, capsys, seed=1)
+    assert len(a) == 5 and a.keys() == b.keys()
+    ceiling = [k for k in a if k.startswith("delta1 of the exact depth")]
+    assert len(ceiling) == 1 and a[ceiling[0]] == b[ceiling[0]] and 0.0 < a[ceiling[0]] <= 1.0
+    assert a["delta1"] != b["delta1"] and all(0.0 <= v[k] <= 1.0 for v in (a, b) for k in v if k.startswith("delta1"))
