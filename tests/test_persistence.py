@@ -80,6 +80,23 @@ def test_from_adapters_refuses_another_backbone(tmp_path, tiny_checkpoint):
         VTAGML.from_adapters(tmp_path / "nothing")
 
 
+def test_from_adapters_names_the_file_and_tensors_of_other_shapes(tmp_path, tiny_checkpoint):
+    """Adapters of a model with other layer shapes (an older FPN image branch) are refused with the
+    file and the tensors at fault, never loaded half."""
+    from safetensors.torch import load_file
+
+    trained(tiny_checkpoint).save_adapters(tmp_path / "model")
+    weights = tmp_path / "model" / "adapters.safetensors"
+    state = load_file(str(weights))
+    key = next(k for k in state if k.endswith("refine.0.weight"))
+    out, cin = state[key].shape[:2]
+    state[key] = torch.zeros(out, 3 * cin, 3, 3)  # the concatenating refine conv of before 2026-12-06
+    save_file(state, str(weights))
+    with pytest.raises(ValueError, match=rf"adapters\.safetensors: .*{key} \({out}, {3 * cin}, 3, 3\) "
+                                         rf"\(model: \({out}, {cin}, 3, 3\)\)"):
+        VTAGML.from_adapters(tmp_path / "model", checkpoint_path=tiny_checkpoint)
+
+
 def test_reordered_tasks_load_by_name(tmp_path, tiny_checkpoint):
     net = trained(tiny_checkpoint)
     net.save_adapters(tmp_path / "model")

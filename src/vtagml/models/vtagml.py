@@ -365,9 +365,13 @@ class VTAGML(nn.Module):
                 f"fingerprint {saved['backbone_fingerprint'][:16]}..., but the backbone loaded now "
                 f"({self.config['checkpoint_path'] or ('pretrained' if self.config['pretrained'] else 'random init')})"
                 f" has {fingerprint[:16]}...; pass the backbone weights they were trained on")
-        state = load_file(str(Path(directory) / WEIGHTS_FILE))
+        path = Path(directory) / WEIGHTS_FILE
+        state = load_file(str(path))
         self.align_task_state(state, saved["task_names"])
-        self.load_trainable_state_dict(state)
+        try:
+            self.load_trainable_state_dict(state)
+        except ValueError as err:
+            raise ValueError(f"{path}: {err}") from None
 
     # ------------------------------------------------------------------ parameters
     def _pretrained_branch_parameters(self) -> Iterator[nn.Parameter]:
@@ -457,7 +461,9 @@ class VTAGML(nn.Module):
                              f"unexpected keys {unexpected[:20]}")
         bad = [k for k in expected if tuple(state[k].shape) != tuple(expected[k].shape)]
         if bad:
-            raise ValueError(f"adapter state has wrong shapes for {bad[:20]}")
+            shapes = ", ".join(f"{k} {tuple(state[k].shape)} (model: {tuple(expected[k].shape)})" for k in bad[:5])
+            raise ValueError(f"adapter state has wrong shapes for {len(bad)} tensor(s): {shapes}; saved by a model "
+                             f"with other layers (another configuration or vtagml version)")
         own = dict(self.named_parameters()) | self._task_state_buffers()
         with torch.no_grad():
             for k, v in state.items():
