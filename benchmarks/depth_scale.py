@@ -18,14 +18,16 @@ import torch
 
 from vtagml.data.synthetic import SyntheticScenes, sample_geometry
 from vtagml.models.vtagml import VTAGML
+from vtagml.tasks.metrics import DepthDelta
 
 THRESHOLD = 1.25
 
 
 def delta1(pred: torch.Tensor, gt: torch.Tensor) -> float:
-    valid = gt > 0
-    ratio = torch.maximum(pred / gt, gt / pred)
-    return float((ratio[valid] < THRESHOLD).float().mean())
+    """The depth task's δ1 metric over the valid (gt > 0) pixels."""
+    metric = DepthDelta(THRESHOLD)
+    metric.update(pred, gt, gt > 0)
+    return float(metric.compute())
 
 
 def main() -> None:
@@ -39,7 +41,7 @@ def main() -> None:
     if "depth" not in net.task_names:
         raise SystemExit(f"the model in {args.model} has no depth task ({net.task_names})")
     ds = SyntheticScenes(split="val", num_samples=args.samples, tasks=("depth",), domain=args.domain,
-                            size=net.config["img_size"], seed=args.seed)
+                         size=net.config["img_size"], seed=args.seed)
     preds, gts = [], []
     with torch.no_grad():
         for start in range(0, len(ds), 50):

@@ -220,11 +220,13 @@ class VTAGML(nn.Module):
         if unknown:
             raise ValueError(f"image_skip_stride names task(s) {unknown} the model does not have ({self.task_names})")
         self.head_upsample = dict(head_upsample) if isinstance(head_upsample, dict) else head_upsample
-        modes = set(self.head_upsample.values()) if isinstance(head_upsample, dict) else {head_upsample}
-        unknown = sorted(set(head_upsample) - set(self.task_names)) if isinstance(head_upsample, dict) else []
-        if unknown or not modes <= set(HEAD_UPSAMPLING):
-            raise ValueError(f"head_upsample: task(s) {unknown} are not tasks of the model ({self.task_names})" if unknown
-                             else f"head_upsample must be one of {HEAD_UPSAMPLING}, got {sorted(modes - set(HEAD_UPSAMPLING))}")
+        per_task = self.head_upsample if isinstance(head_upsample, dict) else {}
+        unknown = sorted(set(per_task) - set(self.task_names))
+        if unknown:
+            raise ValueError(f"head_upsample names task(s) {unknown} the model does not have ({self.task_names})")
+        bad = sorted(set(per_task.values() if per_task else [head_upsample]) - set(HEAD_UPSAMPLING))
+        if bad:
+            raise ValueError(f"head_upsample must be one of {HEAD_UPSAMPLING}, got {bad}")
         if isinstance(image_skip_stride, dict) and (shared_decoder or decoder != "fpn"):
             raise ValueError("a per-task image_skip_stride needs per-task FPN decoders (decoder='fpn', "
                              "shared_decoder=False)")

@@ -19,10 +19,10 @@ node at cost ``outlierCost = 100 * maxDist``. Leaving a pixel unmatched therefor
 hundred times more than the worst real match, so the assignment matches as many pixels as
 possible and only then minimizes distance. With a single ground truth the counts depend on the
 number of matches only, so we compute that number exactly as a maximum-cardinality bipartite
-matching (Hopcroft-Karp in SciPy) instead of solving the assignment. (Strictly, CSA's objective would give up one match when keeping it needed more than
-``100 * maxDist`` of extra total displacement along a chain of pixels; on 10 NYUD-like
-480x640 maps x 5 thresholds, an exact solution of CSA's objective, with its integer costs,
-gave the same count every time.)
+matching (Hopcroft-Karp in SciPy) instead of solving the assignment. (Strictly, CSA's objective
+would give up one match when keeping it needed more than ``100 * maxDist`` of extra total
+displacement along a chain of pixels; on 10 NYUD-like 480x640 maps x 5 thresholds, an exact
+solution of CSA's objective, with its integer costs, gave the same count every time.)
 """
 
 from __future__ import annotations
