@@ -281,6 +281,38 @@ def test_image_stride_per_task(tiny_checkpoint):
                backbone_kwargs=TINY_SWIN["kwargs"], embed_dim=8, image_skip_stride={"edge": 1})
 
 
+def test_image_branch_removed_per_task(tiny_checkpoint, tmp_path):
+    """image_skip_stride {task: 0}: that task's decoder has no image branch (pyramid output at
+    stride 4, all its channels into the head); tasks of its kind inherit it, other tasks composed
+    from it keep theta_0 where it has no tensor; the saved model reloads with the same outputs."""
+    model = VTAGML(TINY_SWIN["name"], tasks=("depth", "edges"), img_size=64, checkpoint_path=tiny_checkpoint,
+                   backbone_kwargs=TINY_SWIN["kwargs"], adapt_last_k=2, embed_dim=8, decoder_channels=16,
+                   image_skip_stride={"depth": 0})
+    depth, edges = model.decoders["depth"], model.decoders["edges"]
+    assert (depth.out_stride, depth.out_channels, edges.out_stride, edges.out_channels) == (4, 16, 2, 8)
+    assert not any(k.startswith(("stem", "refine", "reduce")) for k in depth.state_dict())
+    assert model.heads["depth"].conv.in_channels == 16 and model.heads["edges"].conv.in_channels == 8
+    with pytest.raises(ValueError, match="not added"):
+        depth.set_image_stride(1)
+    model.add_task("depth_zbuffer", composition={"depth": 1.0})
+    assert model.decoders["depth_zbuffer"].out_stride == 4
+    with torch.no_grad():
+        for p in model.decoders["edges"].parameters():
+            p.add_(0.1)
+    model.add_task("edges_occlusion", composition={"depth": 0.5, "edges": 0.5})
+    occl, init = model.decoders["edges_occlusion"].state_dict(), model.decoder_init.state_dict()
+    torch.testing.assert_close(occl["stem.0.0.weight"], init["stem.0.0.weight"] + 0.05)  # depth has no stem
+    torch.testing.assert_close(occl["lateral.0.weight"], init["lateral.0.weight"] + 0.05)
+    x = torch.rand(2, 3, 64, 64)
+    model.eval()
+    out = model(x)
+    assert out["depth"].shape == (2, 1, 64, 64) and out["edges_occlusion"].shape == (2, 1, 64, 64)
+    model.save_adapters(tmp_path / "m")
+    again = VTAGML.from_adapters(tmp_path / "m", checkpoint_path=tiny_checkpoint).eval()
+    for task, pred in again(x).items():
+        torch.testing.assert_close(pred, out[task], msg=task)
+
+
 def test_pixel_shuffle_head_puts_each_output_at_its_pixel():
     """Output (c, 2i + a, 2j + b) is the 1x1 conv's channel 4c + 2a + b at (i, j)."""
     from vtagml.models.decoders import TaskHead

@@ -74,10 +74,16 @@ class FPNDecoder(nn.Module):
             self.out_channels, self.out_stride = fine, image_skip_stride
 
     def set_image_stride(self, stride: int) -> None:
-        """Move the image branch to stride 1 or 2 (the weights are the same at either stride)."""
-        if not self.image_skip_stride or stride not in (1, 2):
-            raise ValueError(f"the image branch stride can change between 1 and 2 only (now {self.image_skip_stride}, "
-                             f"asked {stride})")
+        """Move the image branch to stride 1 or 2 (the weights are the same at either stride), or
+        remove it (0: the output is the pyramid's, at its finest stride)."""
+        if not self.image_skip_stride or stride not in (0, 1, 2):
+            raise ValueError(f"an image branch can move to stride 1 or 2 or be removed (0), not added; this decoder's "
+                             f"is {self.image_skip_stride}, asked {stride}")
+        if stride == 0:
+            del self.reduce, self.stem, self.refine
+            self.out_channels, self.out_stride = self.lateral[0].out_channels, self.strides[0]
+            self.image_skip_stride = 0
+            return
         self.stem[0][0].stride = (stride, stride)
         self.image_skip_stride = self.out_stride = stride
 

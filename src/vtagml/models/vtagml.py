@@ -77,13 +77,14 @@ def _composition_weights(weights: dict[str, float], known: Sequence[str]) -> dic
 
 @torch.no_grad()
 def _compose_into(target: nn.Module, init: nn.Module, sources: Sequence[nn.Module], weights: Sequence[float]) -> None:
-    """Task-vector composition: ``target = init + sum_j w_j (source_j - init)``, tensor by tensor."""
+    """Task-vector composition: ``target = init + sum_j w_j (source_j - init)``, tensor by tensor (a
+    source without one of the target's tensors, such as a decoder without image branch, leaves it at init)."""
     base = init.state_dict()
     parts = [s.state_dict() for s in sources]
     for name, tensor in target.state_dict().items():
         if not tensor.is_floating_point():
             continue
-        tensor.copy_(base[name] + sum(w * (p[name] - base[name]) for w, p in zip(weights, parts)))
+        tensor.copy_(base[name] + sum(w * (p[name] - base[name]) for w, p in zip(weights, parts) if name in p))
 
 
 def _read_saved(directory: str | os.PathLike) -> dict:
@@ -246,7 +247,7 @@ class VTAGML(nn.Module):
             # decoders compose as task vectors theta_0 + sum_j a_j (theta_j - theta_0) and new tasks start there
             self.decoders = nn.ModuleDict({t.name: self._task_decoder(template, t.name) for t in self.tasks})
             self.decoder_init = _frozen_copy(template)
-        self.heads = nn.ModuleDict({t.name: self._task_head(t, template.out_channels) for t in self.tasks})
+        self.heads = nn.ModuleDict({t.name: self._task_head(t) for t in self.tasks})
         #: every constructor argument, JSON-ready (tasks as specs): rebuilds this model with :meth:`from_config`
         self.config = dict(
             backbone=backbone, tasks=[t.spec() for t in self.tasks], num_classes=num_classes,  # specs carry weights
@@ -265,11 +266,11 @@ class VTAGML(nn.Module):
             return self.image_skip_stride.get(task_name, 2)
         return self.image_skip_stride
 
-    def _task_head(self, task: Task, in_channels: int) -> TaskHead:
-        """A new head for ``task``, at its decoder's stride, initialized by the task."""
+    def _task_head(self, task: Task) -> TaskHead:
+        """A new head for ``task`` on its decoder's output (channels, stride), initialized by the task."""
         decoder = self.decoder if self.shared_decoder else self.decoders[task.name]
         mode = self.head_upsample.get(task.name, "bilinear") if isinstance(self.head_upsample, dict) else self.head_upsample
-        head = TaskHead(in_channels, task.channels, decoder.out_stride, mode)
+        head = TaskHead(decoder.out_channels, task.channels, decoder.out_stride, mode)
         task.init_head(head.conv)
         return head
 
@@ -515,12 +516,16 @@ class VTAGML(nn.Module):
                 stride = self._image_stride(same_kind[0])
                 if stride != 2:
                     self.image_skip_stride[task.name] = stride  # the config holds this same mapping
-            decoder = self._task_decoder(self.decoders[self.task_names[0]], task.name)
-            decoder.load_state_dict(self.decoder_init.state_dict())
+            # a decoder with an image branch, if any, can be copied to any image stride (0 removes it)
+            known = list(self.decoders.values())
+            template = next((d for d in known if getattr(d, "image_skip_stride", 0)), known[0])
+            decoder = self._task_decoder(template, task.name)
+            init = self.decoder_init.state_dict()
+            decoder.load_state_dict({k: v for k, v in init.items() if k in decoder.state_dict()})
             if weights is not None:
                 _compose_into(decoder, self.decoder_init, [self.decoders[n] for n in weights], list(weights.values()))
             self.decoders[task.name] = decoder
-        head = self._task_head(task, self.heads[self.task_names[0]].conv.in_channels).to(device)
+        head = self._task_head(task).to(device)
         if head_weights is not None:
             with torch.no_grad():
                 for name, p in head.named_parameters():
@@ -601,20 +606,27 @@ class VTAGML(nn.Module):
             torch._assert_async((images.amin() >= -1e-3) & (images.amax() <= 1.0 + 1e-3), msg)
         return images
 
-    def encode(self, images: Tensor) -> Encoded:
-        """Run the trunk once (no autograd unless ``train_trunk``). images: (B, 3, H, W) in [0, 1]."""
+    def encode(self, images: Tensor, trunk_outputs: tuple[Tensor, list[Tensor]] | None = None) -> Encoded:
+        """Run the trunk once (no autograd unless ``train_trunk``). images: (B, 3, H, W) in [0, 1].
+
+        ``trunk_outputs``: ``(z, skips)`` of these very images from an earlier call (a frozen trunk's
+        :class:`~vtagml.engine.trunk_cache.TrunkCache`): the trunk is skipped.
+        """
         images = self._as_unit_range(images)
         h, w = images.shape[-2:]
         stride = self.reductions[-1]
         x = (images - self.mean.to(images)) / self.std.to(images)
         x = F.pad(x, (0, (-w) % stride, 0, (-h) % stride))
-        with torch.set_grad_enabled(self.train_trunk and torch.is_grad_enabled()):
-            feat = self.trunk["patch_embed"](x)
-            skips = []
-            for stage in self.trunk["stages"]:
-                feat = stage(feat)
-                skips.append(feat)
-            z = self.trunk["head"](feat)
+        if trunk_outputs is not None:
+            z, skips = trunk_outputs
+        else:
+            with torch.set_grad_enabled(self.train_trunk and torch.is_grad_enabled()):
+                feat = self.trunk["patch_embed"](x)
+                skips = []
+                for stage in self.trunk["stages"]:
+                    feat = stage(feat)
+                    skips.append(feat)
+                z = self.trunk["head"](feat)
         # the decoders' image branch meets NHWC-strided (channels-last) features from the Swin: one
         # layout for all of their convolutions avoids slow mixed-layout kernels (1.3x a CPU step)
         return Encoded(z=z, skips=skips, image=x.contiguous(memory_format=torch.channels_last), size=(h, w))
