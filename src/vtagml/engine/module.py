@@ -25,10 +25,15 @@ from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor, nn
 from torchmetrics import MeanMetric
 
+from vtagml.engine.trunk_cache import TrunkCache, image_keys
 from vtagml.models.vtagml import VTAGML, Encoded
 from vtagml.tasks import Task
 from vtagml.tasks.base import primary_metrics
 from vtagml.tasks.metrics import multitask_gain
+
+# MultitaskModule keys images for its trunk cache in on_before_batch_transfer; Lightning notes that
+# a module's hook is used when a datamodule does not define its own, which is the intent here
+warnings.filterwarnings("ignore", message=r".*overridden `on_before_batch_transfer` in `LightningModule` but have passed")
 
 
 def label_counts(tasks: Sequence[Task], batch: dict) -> Tensor:
@@ -103,6 +108,10 @@ class MultitaskModule(L.LightningModule):
             thresholds, a lower bound); ``test`` always uses the exact protocol.
         reference_metrics: single-task results ``{"task/metric": value}`` for the multitask gain
             (logged as ``{split}/delta_m`` when every task's primary metric has a reference).
+        trunk_cache_gb: GiB of frozen-trunk outputs to keep for images seen again (0: off). For data
+            without random augmentation (the demo's scenes, validation splits) every epoch after the
+            first skips the trunk; images are matched by content, so outputs are never stale
+            (:class:`~vtagml.engine.trunk_cache.TrunkCache`). Needs a frozen trunk.
 
     Edge metrics take their match distance from the datamodule's ``edge_max_dist`` (a property
     of the dataset: NYUD-v2 0.011, BSDS / PASCAL 0.0075) when it declares one.
@@ -124,10 +133,16 @@ class MultitaskModule(L.LightningModule):
         troa_exact_samples: int = 2,
         reference_metrics: dict[str, float] | None = None,
         exact_validation: bool = False,
+        trunk_cache_gb: float = 0.0,
     ):
         super().__init__()
         self.save_hyperparameters(ignore=["net"])
         self.net = net
+        if trunk_cache_gb < 0:
+            raise ValueError(f"trunk_cache_gb must be >= 0, got {trunk_cache_gb}")
+        if trunk_cache_gb and net.train_trunk:
+            raise ValueError("trunk_cache_gb needs a frozen trunk (train_trunk=False): a trained trunk's outputs change")
+        self.trunk_cache = TrunkCache(int(trunk_cache_gb * 2**30)) if trunk_cache_gb else None
         net.troa.configure(momentum=troa_momentum, step_size=troa_step, exact_samples=troa_exact_samples)
         self.val_metrics = nn.ModuleDict({t.name: t.build_metrics(approximate=not exact_validation) for t in net.tasks})
         self.test_metrics = nn.ModuleDict({t.name: t.build_metrics() for t in net.tasks})
@@ -174,6 +189,24 @@ class MultitaskModule(L.LightningModule):
                                             strict=strict, **kwargs)
 
     # ------------------------------------------------------------------ training
+    def on_before_batch_transfer(self, batch, dataloader_idx: int):
+        """With a trunk cache: key the batch's images by content while they are still on the host."""
+        if self.trunk_cache is not None and isinstance(batch, dict) and isinstance(batch.get("image"), Tensor) \
+                and batch["image"].device.type == "cpu":
+            batch["trunk_keys"] = image_keys(batch["image"])
+        return batch
+
+    def encode(self, batch: dict) -> Encoded:
+        """The trunk output of ``batch["image"]`` (from the trunk cache for images seen before)."""
+        if self.trunk_cache is None:
+            return self.net.encode(batch["image"])
+        keys = batch.get("trunk_keys")
+        if keys is None:  # a datamodule's own on_before_batch_transfer replaces ours
+            rank_zero_warn("trunk_cache_gb: batches reach the model without image keys (does the datamodule "
+                           "override on_before_batch_transfer?); the trunk runs on every batch")
+            return self.net.encode(batch["image"])
+        return self.trunk_cache.encode(self.net, batch["image"], keys)
+
     def _step_statistics(self, counts: Tensor, losses: Tensor) -> tuple[Tensor | None, Tensor]:
         """Per-task loss scales under DDP (None on one process) and non-finite flags of every process.
 
@@ -196,7 +229,7 @@ class MultitaskModule(L.LightningModule):
     def supervised_step(self, batch: dict, batch_idx: int) -> tuple[Tensor, dict[str, Tensor]]:
         """The training step's total weighted loss and the predictions of every task."""
         tasks = self.net.tasks
-        enc = self.net.encode(batch["image"])
+        enc = self.encode(batch)
         z_all = branch_inputs(enc.z, len(tasks)) if self.hparams.troa else None
         preds = self.net.forward_branches(enc, range(len(tasks)), z_all)
         losses = task_losses(tasks, preds, batch)
@@ -269,7 +302,7 @@ class MultitaskModule(L.LightningModule):
         idx = self._labelled_tasks(batch)
         if not idx:
             return
-        enc = self.net.encode(batch["image"])
+        enc = self.encode(batch)
         tasks = [self.net.tasks[t] for t in idx]
         preds = {k: at_label_size(v, batch[k]) for k, v in self.net.forward_branches(enc, idx).items()}
         losses = task_losses(tasks, preds, batch)

@@ -1,0 +1,75 @@
+"""Trunk cache: frozen-trunk outputs reused for images seen before, matched by content."""
+
+import lightning as L
+import pytest
+import torch
+
+from tests.test_engine import LossRecorder, tiny_data, tiny_module, trainer
+from vtagml.engine.trunk_cache import TrunkCache, image_keys
+
+
+def test_cached_outputs_are_the_trunks_and_new_images_miss(tiny_checkpoint):
+    net = tiny_module(tiny_checkpoint).net.eval()
+    torch.manual_seed(0)
+    images = torch.rand(3, 3, 64, 64)
+    cache = TrunkCache(max_bytes=2**20)
+    first = cache.encode(net, images, image_keys(images))
+    assert (cache.hits, cache.misses, len(cache)) == (0, 3, 3)
+    again = cache.encode(net, images[[2, 0]], image_keys(images[[2, 0]]))  # any order, any batch
+    assert (cache.hits, cache.misses) == (2, 3)
+    fresh = net.encode(images[[2, 0]])
+    for got, want in zip([again.z, *again.skips, again.image], [fresh.z, *fresh.skips, fresh.image]):
+        torch.testing.assert_close(got, want, rtol=0, atol=1e-6)
+    assert torch.equal(again.z, first.z[[2, 0]])
+    changed = images.clone()
+    changed[1, 0, 0, 0] += 1 / 255  # one pixel: another image
+    assert image_keys(changed)[1] != image_keys(images)[1] and image_keys(changed)[0] == image_keys(images)[0]
+    cache.encode(net, changed, image_keys(changed))
+    assert (cache.hits, cache.misses, len(cache)) == (2, 4, 4)
+
+
+def test_full_cache_keeps_what_fits(tiny_checkpoint):
+    net = tiny_module(tiny_checkpoint).net.eval()
+    images = torch.rand(4, 3, 64, 64)
+    enc = net.encode(images)
+    per_image = sum(t[0].numel() * t.element_size() for t in [enc.z, *enc.skips])
+    cache = TrunkCache(max_bytes=2 * per_image + 1)
+    cache.encode(net, images, image_keys(images))
+    assert len(cache) == 2 and cache.bytes == 2 * per_image
+    with pytest.raises(ValueError, match="max_bytes"):
+        TrunkCache(0)
+    with pytest.raises(ValueError, match="host"):
+        image_keys(torch.rand(1, 3, 8, 8, device="meta"))
+
+
+def test_training_with_the_cache_is_training_without_it(tmp_path, tiny_checkpoint):
+    """Three epochs on the same scenes: identical losses and weights; epochs 2 and 3 skip the trunk."""
+    runs = {}
+    for gb in (0.0, 0.01):
+        L.seed_everything(0)
+        losses = LossRecorder()
+        module = tiny_module(tiny_checkpoint, trunk_cache_gb=gb)
+        trainer(tmp_path / str(gb), max_epochs=3, callbacks=[losses], enable_checkpointing=False,
+                limit_val_batches=0).fit(module, tiny_data())
+        runs[gb] = (losses.losses, module)
+    (plain, plain_module), (cached, cached_module) = runs[0.0], runs[0.01]
+    assert plain_module.trunk_cache is None
+    cache = cached_module.trunk_cache
+    assert (cache.misses, cache.hits, len(cache)) == (8, 16, 8)  # 8 scenes, 3 epochs
+    assert cached == pytest.approx(plain, rel=1e-5)
+    for (name, a), b in zip(plain_module.net.trainable_state_dict().items(),
+                            cached_module.net.trainable_state_dict().values()):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5, msg=name)
+
+
+def test_a_trained_trunk_refuses_the_cache(tiny_checkpoint):
+    from tests.conftest import TINY_SWIN
+    from vtagml import VTAGML
+    from vtagml.engine.module import MultitaskModule
+    net = VTAGML(TINY_SWIN["name"], tasks=("depth",), img_size=64, checkpoint_path=tiny_checkpoint,
+                 backbone_kwargs=TINY_SWIN["kwargs"], adapt_last_k=2, embed_dim=8, decoder_channels=16,
+                 train_trunk=True, train_adapted_blocks=True)
+    with pytest.raises(ValueError, match="frozen trunk"):
+        MultitaskModule(net, trunk_cache_gb=1.0)
+    with pytest.raises(ValueError, match="trunk_cache_gb"):
+        MultitaskModule(tiny_module(tiny_checkpoint).net, trunk_cache_gb=-1)
