@@ -238,6 +238,7 @@ def test_demo_config_matches_the_demo():
     assert {k: net_args[k] for k in DEMO_NET} == DEMO_NET
     from vtagml.demo import DEMO_EPOCHS
     assert cfg["model"]["lr"] == module.hparams.lr and cfg["trainer"]["max_epochs"] == DEMO_EPOCHS
+    assert cfg["model"]["trunk_cache_gb"] == module.hparams.trunk_cache_gb > 0
     data = cfg["data"]["init_args"]
     assert data["batch_size"] == dm.batch_size and data["train_samples"] == dm.sizes["train"]
     assert data["tasks"] == dm.tasks

@@ -43,6 +43,9 @@ DEMO_TASKS = ("semseg", "depth", "normals", "edges")
 DEMO_EPOCHS, DEMO_TRAIN_SAMPLES = 4, 6000
 DEMO_NET = dict(adapt_last_k=4, embed_dim=64, decoder_channels=48, task_options={"depth": {"loss": "silog"}},
                 head_upsample={"edges": "pixel_shuffle"})
+#: The scenes repeat unaugmented every epoch: after the first, the frozen trunk's outputs come
+#: from memory (about 50 KB a scene; :class:`~vtagml.engine.trunk_cache.TrunkCache`).
+DEMO_TRUNK_CACHE_GB = 1.0
 #: Quality the demo aims for on the validation split: (metric, direction, target).
 TARGETS = {"semseg/miou": (">=", 0.60), "depth/delta1": (">=", 0.80), "normals/mean_angle": ("<=", 20.0),
            "edges/odsf": (">=", 0.80)}
@@ -56,7 +59,7 @@ def build_demo(train_samples: int = DEMO_TRAIN_SAMPLES, val_samples: int = 200, 
                              in_memory=True)
     net = VTAGML(DEMO_BACKBONE["name"], tasks=DEMO_TASKS, num_classes=dm.num_classes, img_size=DEMO_BACKBONE["img_size"],
                  checkpoint_path=weights or demo_weights_path(), backbone_kwargs=DEMO_BACKBONE["kwargs"], **DEMO_NET)
-    return MultitaskModule(net, lr=lr, weight_decay=0.01, troa=True), dm
+    return MultitaskModule(net, lr=lr, weight_decay=0.01, troa=True, trunk_cache_gb=DEMO_TRUNK_CACHE_GB), dm
 
 
 def _check_targets(per_task: dict[str, dict[str, float]]) -> dict:
