@@ -9,6 +9,8 @@ median), printed as one table of ratios:
 - ``fpn`` / ``swin_unet``: vtagml with that decoder (trunk once per image, adapted blocks batched
   over tasks). Trains adapters, decoders and heads (the Swin frozen): the trainer's step,
   ``MultitaskModule.supervised_step`` with TROA, backward, TROA update, AdamW step.
+- ``fpn_cached``: ``fpn`` with the trunk cache (``trunk_cache_gb``) at a later epoch, when the
+  batch's images are cached and the trunk is skipped (its inference is ``fpn``'s: new images).
 - ``bare``: timm's ``forward_features`` of the plain Swin (inference only).
 
 FLOPs come from ``torch.utils.flop_counter``. The floor of a backbone is its trunk once plus T passes
@@ -41,6 +43,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from vtagml import VTAGML
 from vtagml.engine.module import MultitaskModule, task_losses
+from vtagml.engine.trunk_cache import image_keys
 from vtagml.models.backbone import create_backbone
 from vtagml.pretrain import DEMO_BACKBONE, demo_weights_path
 
@@ -136,15 +139,27 @@ def official_variant(case: Case, checkpoint: Path) -> Variant:
     return Variant(official, official, *_training(official, MultitaskModule(official.net, troa=False), official.loss))
 
 
-def vtagml_variant(case: Case, checkpoint: Path, decoder: str) -> Variant:
-    """vtagml as the trainer runs it (``supervised_step`` with TROA)."""
-    module = MultitaskModule(build_net(case, checkpoint, decoder=decoder), troa=True)
-    return Variant(module, module.net, *_training(module, module, lambda b: module.supervised_step(b, 1)[0]))
+def vtagml_variant(case: Case, checkpoint: Path, decoder: str, trunk_cache_gb: float = 0.0) -> Variant:
+    """vtagml as the trainer runs it (``supervised_step`` with TROA). With ``trunk_cache_gb``, a
+    step of a later epoch: the batch's images are in the trunk cache (filled by the warmup step), so
+    the trunk is skipped; the cache's own memory (the trunk outputs kept) is not in the peak."""
+    module = MultitaskModule(build_net(case, checkpoint, decoder=decoder), troa=True, trunk_cache_gb=trunk_cache_gb)
+    keys: dict[int, list[bytes]] = {}
+
+    def loss(batch: dict) -> Tensor:
+        if module.trunk_cache is not None:  # keyed once, on the host, as on_before_batch_transfer does
+            if id(batch["image"]) not in keys:
+                keys[id(batch["image"])] = image_keys(batch["image"].cpu())
+            batch = dict(batch, trunk_keys=keys[id(batch["image"])])
+        return module.supervised_step(batch, 1)[0]
+
+    return Variant(module, module.net, *_training(module, module, loss))
 
 
 def build_variants(case: Case, checkpoint: Path, device: torch.device) -> dict[str, Variant]:
     bare = create_backbone(case.backbone, case.size, checkpoint_path=checkpoint, **case.backbone_kwargs)
     variants = dict(official=official_variant(case, checkpoint), fpn=vtagml_variant(case, checkpoint, "fpn"),
+                    fpn_cached=vtagml_variant(case, checkpoint, "fpn", trunk_cache_gb=1.0),
                     swin_unet=vtagml_variant(case, checkpoint, "swin_unet"), bare=Variant(bare, bare.forward_features))
     for v in variants.values():
         v.model.to(device)

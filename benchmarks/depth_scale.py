@@ -1,12 +1,17 @@
 """How much of a trained model's depth error is scale, on the demo's synthetic validation split.
 
-    python benchmarks/depth_scale.py vtagml-demo/model [--samples 200]
+    python benchmarks/depth_scale.py vtagml-demo/model [--samples 200] [--probe 3000]
 
 Prints δ1 (max(pred/gt, gt/pred) < 1.25 over valid pixels), δ1 after per-image median scaling
 (what a perfect per-image scale would give), the spread of the per-image log scale error and its
 correlation with the scene's depth (regression to the mean), and the ceiling set by the camera
 height the renderer draws at random: δ1 of the *exact* depth map scaled as if the camera stood
 at the single best height (what a model that cannot see the height could reach at best).
+
+``--probe N`` adds a linear probe: a ridge regression, fitted on N training scenes, from the mean-
+and std-pooled adapted features of every stage to the per-image log scale error; its residual
+spread on the validation split says whether the features hold a scale that a global scale head
+could read (no better than the spread itself: they do not, linearly).
 """
 
 from __future__ import annotations
@@ -30,30 +35,55 @@ def delta1(pred: torch.Tensor, gt: torch.Tensor) -> float:
     return float(metric.compute())
 
 
+def _scenes(net: VTAGML, split: str, count: int, args) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Depth predictions, ground truth and pooled adapted features (mean and std per stage) of ``count`` scenes."""
+    ds = SyntheticScenes(split=split, num_samples=count, tasks=("depth",), domain=args.domain,
+                         size=net.config["img_size"], seed=args.seed)
+    preds, gts, feats = [], [], []
+    with torch.no_grad():
+        for start in range(0, len(ds), 50):
+            batch = [ds[i] for i in range(start, min(start + 50, len(ds)))]
+            images = torch.stack([b["image"] for b in batch])
+            preds.append(net(images, tasks=["depth"])["depth"])
+            gts.append(torch.stack([b["depth"] for b in batch]))
+            stages = net.forward_features(images, "depth")
+            feats.append(torch.cat([torch.cat([f.mean((1, 2)), f.std((1, 2))], 1) for f in stages], 1))
+    return torch.cat(preds), torch.cat(gts), torch.cat(feats).double()
+
+
+def log_scale_error(pred: torch.Tensor, gt: torch.Tensor) -> torch.Tensor:
+    """(N,) per-image median over valid pixels of ``log pred - log gt``."""
+    valid = gt > 0
+    log_err = pred.clamp_min(1e-6).log() - gt.clamp_min(1e-6).log()
+    return torch.stack([log_err[i][valid[i]].median() for i in range(len(pred))])
+
+
+def ridge_residual_std(x_fit: torch.Tensor, y_fit: torch.Tensor, x: torch.Tensor, y: torch.Tensor,
+                       penalty: float) -> float:
+    """Std of ``y - prediction`` on (x, y) of a ridge regression fitted on standardized (x_fit, y_fit)."""
+    mu, sd = x_fit.mean(0), x_fit.std(0) + 1e-6
+    a, b = (x_fit - mu) / sd, (x - mu) / sd
+    w = torch.linalg.solve(a.T @ a + penalty * torch.eye(a.shape[1], dtype=a.dtype), a.T @ (y_fit - y_fit.mean()))
+    return float((y - (b @ w + y_fit.mean())).std())
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("model", help="a saved model directory (vtagml demo's model/)")
     parser.add_argument("--samples", type=int, default=200, help="validation scenes (the demo evaluates 200)")
     parser.add_argument("--seed", type=int, default=0, help="dataset seed (the demo's: 0)")
     parser.add_argument("--domain", default="a")
+    parser.add_argument("--probe", type=int, default=0, help="training scenes of the linear scale probe (0: none)")
+    parser.add_argument("--penalty", type=float, default=1000.0, help="ridge penalty of the probe (on standardized features)")
     args = parser.parse_args()
     net = VTAGML.from_adapters(args.model).eval()
     if "depth" not in net.task_names:
         raise SystemExit(f"the model in {args.model} has no depth task ({net.task_names})")
-    ds = SyntheticScenes(split="val", num_samples=args.samples, tasks=("depth",), domain=args.domain,
-                         size=net.config["img_size"], seed=args.seed)
-    preds, gts = [], []
-    with torch.no_grad():
-        for start in range(0, len(ds), 50):
-            batch = [ds[i] for i in range(start, min(start + 50, len(ds)))]
-            preds.append(net(torch.stack([b["image"] for b in batch]), tasks=["depth"])["depth"])
-            gts.append(torch.stack([b["depth"] for b in batch]))
-    pred, gt = torch.cat(preds), torch.cat(gts)
+    pred, gt, feats = _scenes(net, "val", args.samples, args)
     valid = gt > 0
-    log_err = pred.clamp_min(1e-6).log() - gt.clamp_min(1e-6).log()
-    scale = torch.stack([log_err[i][valid[i]].median() for i in range(len(pred))])
+    scale = log_scale_error(pred, gt)
     gt_median = torch.stack([gt[i][valid[i]].median() for i in range(len(pred))])
-    heights = np.array([sample_geometry(args.seed, "val", args.domain, i)["cam"][2] for i in range(len(ds))])
+    heights = np.array([sample_geometry(args.seed, "val", args.domain, i)["cam"][2] for i in range(len(pred))])
     grid = np.linspace(heights.min(), heights.max(), 161)
     best = max(grid, key=lambda h: float((np.abs(np.log(heights / h)) < np.log(THRESHOLD)).mean()))
     prior = gt * torch.tensor(best / heights, dtype=gt.dtype).view(-1, 1, 1, 1)
@@ -64,8 +94,13 @@ def main() -> None:
         ("corr(log scale error, log median depth)", float(np.corrcoef(scale.numpy(), gt_median.log().numpy())[0, 1])),
         (f"delta1 of the exact depth at one camera height ({best:.2f} m)", delta1(prior, gt)),
     ]
+    if args.probe:
+        fit_pred, fit_gt, fit_feats = _scenes(net, "train", args.probe, args)
+        rows.append((f"std of the log scale error after a linear probe ({args.probe} scenes)",
+                     ridge_residual_std(fit_feats, log_scale_error(fit_pred, fit_gt).double(), feats, scale.double(),
+                                        args.penalty)))
     for name, value in rows:
-        print(f"{name:<58} {value:8.4f}")
+        print(f"{name:<62} {value:8.4f}")
 
 
 if __name__ == "__main__":

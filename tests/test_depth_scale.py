@@ -45,3 +45,13 @@ def test_report_of_a_saved_model(tiny_checkpoint, tmp_path, monkeypatch, capsys)
     ceiling = [k for k in a if k.startswith("delta1 of the exact depth")]
     assert len(ceiling) == 1 and a[ceiling[0]] == b[ceiling[0]] and 0.0 < a[ceiling[0]] <= 1.0
     assert a["delta1"] != b["delta1"] and all(0.0 <= v[k] <= 1.0 for v in (a, b) for k in v if k.startswith("delta1"))
+
+
+def test_ridge_probe_reads_a_linear_signal_and_nothing_else():
+    torch.manual_seed(0)
+    x_fit, x = torch.randn(400, 8, dtype=torch.float64), torch.randn(200, 8, dtype=torch.float64)
+    w = torch.randn(8, dtype=torch.float64)
+    assert depth_scale.ridge_residual_std(x_fit, x_fit @ w + 3.0, x, x @ w + 3.0, penalty=1e-6) < 1e-4
+    noise_fit, noise = torch.randn(400, dtype=torch.float64), torch.randn(200, dtype=torch.float64)
+    left = depth_scale.ridge_residual_std(x_fit, noise_fit, x, noise, penalty=1.0)
+    assert float(noise.std()) <= left < 1.1 * float(noise.std())  # unrelated features explain nothing
