@@ -241,6 +241,36 @@ def test_losses_need_no_host_synchronization():
             build_tasks([name], num_classes=4)[0].loss(pred, target)
         ops = {e.name for e in prof.function_events}
         assert not ops & {"aten::nonzero", "aten::item", "aten::_local_scalar_dense", "aten::masked_select"}, name
+    pred, target, _ = random_batches("semseg", n=1, seed=1)[0]
+    weighted = build_tasks(["semseg"], num_classes=4, options={"semseg": {"class_weights": [1.0, 2.0, 3.0, 4.0]}})[0]
+    with torch.autograd.profiler.profile() as prof:
+        weighted.loss(pred, target)
+    assert not {e.name for e in prof.function_events} & {"aten::nonzero", "aten::item", "aten::_local_scalar_dense"}
+
+
+def test_semseg_class_weights_give_the_weighted_mean_of_labelled_pixels():
+    """``class_weights``: PyTorch's weighted mean over labelled pixels of present samples; equal weights
+    are the plain loss; without labelled pixels exactly 0; bad weights name the task."""
+    torch.manual_seed(0)
+    logits = torch.randn(3, 4, 5, 6, requires_grad=True)
+    target = torch.randint(0, 4, (3, 5, 6))
+    target[0, :2] = 255  # unlabelled pixels
+    present = torch.tensor([True, True, False])
+    weights = [0.5, 2.0, 1.0, 3.0]
+    task = build_tasks(["semseg"], num_classes=4, options={"semseg": {"class_weights": weights}})[0]
+    kept = target[:2]
+    expected = torch.nn.functional.cross_entropy(logits[:2], kept, weight=torch.tensor(weights), ignore_index=255)
+    torch.testing.assert_close(task.loss(logits, target, present), expected)
+    plain = build_tasks(["semseg"], num_classes=4)[0]
+    equal = build_tasks(["semseg"], num_classes=4, options={"semseg": {"class_weights": [2.0] * 4}})[0]
+    torch.testing.assert_close(equal.loss(logits, target, present), plain.loss(logits, target, present))
+    nothing = task.loss(logits, torch.full_like(target, 255))
+    nothing.backward()
+    assert nothing.item() == 0.0 and logits.grad.abs().sum() == 0
+    assert task.spec()["init_args"]["class_weights"] == weights  # configs and saved models rebuild it
+    for bad in ([1.0, 2.0], [1.0, -1.0, 1.0, 1.0], [0.0] * 4):
+        with pytest.raises(ValueError, match="'semseg': class_weights"):
+            build_tasks(["semseg"], num_classes=4, options={"semseg": {"class_weights": bad}})
 
 
 # ----------------------------------------------------------------- registry and collate

@@ -44,6 +44,8 @@ class SemanticSegmentation(Task):
     nor in the prediction of the whole split: ``"drop"`` (default) leaves it out of the mean,
     ``"zero"`` counts it as IoU 0 like the reference multitask evaluators (MTI-Net / ATRC / InvPT
     ``eval_semseg``). The two agree when every class occurs, as on full NYUD-v2 val.
+    ``class_weights`` (one value >= 0 per class) weight the cross-entropy per target class (a
+    weighted mean: rare classes count more in the loss, as mIoU counts every class alike).
     """
 
     kind = "classes"
@@ -51,18 +53,31 @@ class SemanticSegmentation(Task):
 
     def __init__(self, num_classes: int, name: str = "semseg", weight: float = 1.0,
                  ignore_index: int = IGNORE_INDEX, class_names: list[str] | None = None,
-                 absent_classes: str = "drop"):
+                 absent_classes: str = "drop", class_weights: list[float] | None = None):
         if num_classes < 2:
             raise ValueError(f"task {name!r}: num_classes must be >= 2, got {num_classes}")
         if absent_classes not in ("drop", "zero"):
             raise ValueError(f"task {name!r}: absent_classes must be 'drop' or 'zero', got {absent_classes!r}")
+        if class_weights is not None and (len(class_weights) != num_classes or min(class_weights) < 0
+                                          or sum(class_weights) <= 0):
+            raise ValueError(f"task {name!r}: class_weights must be {num_classes} values >= 0 with a positive sum, "
+                             f"got {class_weights}")
         super().__init__(name, num_classes, weight)
         self.num_classes, self.ignore_index, self.absent_classes = num_classes, ignore_index, absent_classes
+        self.class_weights = None if class_weights is None else [float(w) for w in class_weights]
+        self._weights_on: dict[torch.device, Tensor] = {}  # copied to a device once, not at every step
         self.loss_fn = functools.partial(losses.cross_entropy, ignore_index=ignore_index)
         self.class_names = list(class_names) if class_names else [str(i) for i in range(num_classes)]
 
     def valid_mask(self, target: Tensor) -> Tensor:
         return (target != self.ignore_index).unsqueeze(1)
+
+    def loss(self, pred: Tensor, target: Tensor, present: Tensor | None = None) -> Tensor:
+        if self.class_weights is None:
+            return super().loss(pred, target, present)
+        if pred.device not in self._weights_on:
+            self._weights_on[pred.device] = torch.tensor(self.class_weights, device=pred.device)
+        return self.loss_fn(pred, target, self.masked_valid(target, present), class_weights=self._weights_on[pred.device])
 
     def to_label(self, pred: Tensor) -> Tensor:
         return pred.argmax(dim=1)

@@ -31,15 +31,25 @@ def masked_mean(values: Tensor, valid: Tensor) -> Tensor:
     return torch.where(mask, values, 0.0).sum() / mask.sum().clamp_min(1)
 
 
-def cross_entropy(logits: Tensor, target: Tensor, valid: Tensor, ignore_index: int = 255) -> Tensor:
+def cross_entropy(logits: Tensor, target: Tensor, valid: Tensor, ignore_index: int = 255,
+                  class_weights: Tensor | None = None) -> Tensor:
     """Cross-entropy over pixels whose class is not ``ignore_index`` and whose sample is valid.
+
+    With ``class_weights`` (C,), the weighted mean ``sum w_y CE / sum w_y`` over those pixels (as
+    ``F.cross_entropy(weight=...)`` averages), so the loss keeps its scale whatever the weights' sum.
 
     Args:
         logits: (B, C, H, W); target: long (B, H, W); valid: (B, 1, H, W).
     """
     target = torch.where(valid[:, 0], target, ignore_index)
-    count = (target != ignore_index).sum().clamp_min(1)
-    return F.cross_entropy(logits.to(torch.promote_types(logits.dtype, torch.float32)), target, ignore_index=ignore_index, reduction="sum") / count
+    labelled = target != ignore_index
+    logits = logits.to(torch.promote_types(logits.dtype, torch.float32))
+    if class_weights is None:
+        total = labelled.sum().clamp_min(1)
+    else:
+        class_weights = class_weights.to(logits)
+        total = torch.where(labelled, class_weights[target.clamp(0, len(class_weights) - 1)], 0.0).sum().clamp_min(1e-12)
+    return F.cross_entropy(logits, target, weight=class_weights, ignore_index=ignore_index, reduction="sum") / total
 
 
 def l1(pred: Tensor, target: Tensor, valid: Tensor) -> Tensor:
