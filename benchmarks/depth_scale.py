@@ -35,8 +35,10 @@ def delta1(pred: torch.Tensor, gt: torch.Tensor) -> float:
     return float(metric.compute())
 
 
-def _scenes(net: VTAGML, split: str, count: int, args) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Depth predictions, ground truth and pooled adapted features (mean and std per stage) of ``count`` scenes."""
+def _scenes(net: VTAGML, split: str, count: int, args,
+            features: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """Depth predictions, ground truth and (with ``features``) pooled adapted features (mean and std
+    per stage) of ``count`` scenes."""
     ds = SyntheticScenes(split=split, num_samples=count, tasks=("depth",), domain=args.domain,
                          size=net.config["img_size"], seed=args.seed)
     preds, gts, feats = [], [], []
@@ -46,9 +48,10 @@ def _scenes(net: VTAGML, split: str, count: int, args) -> tuple[torch.Tensor, to
             images = torch.stack([b["image"] for b in batch])
             preds.append(net(images, tasks=["depth"])["depth"])
             gts.append(torch.stack([b["depth"] for b in batch]))
-            stages = net.forward_features(images, "depth")
-            feats.append(torch.cat([torch.cat([f.mean((1, 2)), f.std((1, 2))], 1) for f in stages], 1))
-    return torch.cat(preds), torch.cat(gts), torch.cat(feats).double()
+            if features:
+                stages = net.forward_features(images, "depth")
+                feats.append(torch.cat([torch.cat([f.mean((1, 2)), f.std((1, 2))], 1) for f in stages], 1))
+    return torch.cat(preds), torch.cat(gts), torch.cat(feats).double() if features else None
 
 
 def log_scale_error(pred: torch.Tensor, gt: torch.Tensor) -> torch.Tensor:
@@ -79,7 +82,7 @@ def main() -> None:
     net = VTAGML.from_adapters(args.model).eval()
     if "depth" not in net.task_names:
         raise SystemExit(f"the model in {args.model} has no depth task ({net.task_names})")
-    pred, gt, feats = _scenes(net, "val", args.samples, args)
+    pred, gt, feats = _scenes(net, "val", args.samples, args, features=bool(args.probe))
     valid = gt > 0
     scale = log_scale_error(pred, gt)
     gt_median = torch.stack([gt[i][valid[i]].median() for i in range(len(pred))])
@@ -95,7 +98,7 @@ def main() -> None:
         (f"delta1 of the exact depth at one camera height ({best:.2f} m)", delta1(prior, gt)),
     ]
     if args.probe:
-        fit_pred, fit_gt, fit_feats = _scenes(net, "train", args.probe, args)
+        fit_pred, fit_gt, fit_feats = _scenes(net, "train", args.probe, args, features=True)
         rows.append((f"std of the log scale error after a linear probe ({args.probe} scenes)",
                      ridge_residual_std(fit_feats, log_scale_error(fit_pred, fit_gt).double(), feats, scale.double(),
                                         args.penalty)))

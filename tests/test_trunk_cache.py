@@ -24,8 +24,13 @@ def test_cached_outputs_are_the_trunks_and_new_images_miss(tiny_checkpoint):
     changed = images.clone()
     changed[1, 0, 0, 0] += 1 / 255  # one pixel: another image
     assert image_keys(changed)[1] != image_keys(images)[1] and image_keys(changed)[0] == image_keys(images)[0]
-    cache.encode(net, changed, image_keys(changed))
-    assert (cache.hits, cache.misses, len(cache)) == (2, 4, 4)
+    merged = cache.encode(net, changed, image_keys(changed))  # two cached, one new: the trunk sees one image
+    assert (cache.hits, cache.misses, len(cache)) == (4, 4, 4)
+    fresh = net.encode(changed)
+    for got, want in zip([merged.z, *merged.skips, merged.image], [fresh.z, *fresh.skips, fresh.image]):
+        torch.testing.assert_close(got, want, rtol=0, atol=1e-6)
+    cache.clear()
+    assert (cache.hits, cache.misses, len(cache), cache.bytes) == (0, 0, 0, 0)
 
 
 def test_full_cache_keeps_what_fits(tiny_checkpoint):
@@ -40,6 +45,8 @@ def test_full_cache_keeps_what_fits(tiny_checkpoint):
         TrunkCache(0)
     with pytest.raises(ValueError, match="host"):
         image_keys(torch.rand(1, 3, 8, 8, device="meta"))
+    half = torch.rand(2, 3, 8, 8).bfloat16()  # keys of any dtype; the dtype is part of the key
+    assert image_keys(half) == image_keys(half.clone()) and image_keys(half)[0] != image_keys(half.float())[0]
 
 
 def test_training_with_the_cache_is_training_without_it(tmp_path, tiny_checkpoint):
@@ -73,3 +80,13 @@ def test_a_trained_trunk_refuses_the_cache(tiny_checkpoint):
         MultitaskModule(net, trunk_cache_gb=1.0)
     with pytest.raises(ValueError, match="trunk_cache_gb"):
         MultitaskModule(tiny_module(tiny_checkpoint).net, trunk_cache_gb=-1)
+
+
+def test_loading_a_checkpoint_clears_the_cache(tmp_path, tiny_checkpoint):
+    """A checkpoint's trunk may differ from the one whose outputs the cache holds."""
+    module = tiny_module(tiny_checkpoint, trunk_cache_gb=0.01)
+    images = torch.rand(2, 3, 64, 64)
+    module.trunk_cache.encode(module.net.eval(), images, image_keys(images))
+    assert len(module.trunk_cache) == 2
+    module.on_load_checkpoint({"vtagml": module.net.describe(), "state_dict": {}})
+    assert len(module.trunk_cache) == 0

@@ -31,10 +31,6 @@ from vtagml.tasks import Task
 from vtagml.tasks.base import primary_metrics
 from vtagml.tasks.metrics import multitask_gain
 
-# MultitaskModule keys images for its trunk cache in on_before_batch_transfer; Lightning notes that
-# a module's hook is used when a datamodule does not define its own, which is the intent here
-warnings.filterwarnings("ignore", message=r".*overridden `on_before_batch_transfer` in `LightningModule` but have passed")
-
 
 def label_counts(tasks: Sequence[Task], batch: dict) -> Tensor:
     """(T,) number of labelled pixels of each task in ``batch`` (0 for a task it lacks)."""
@@ -81,7 +77,7 @@ def branch_inputs(z: Tensor, num_tasks: int) -> Tensor:
 def sub_batch(enc: Encoded, batch: dict, n: int) -> tuple[Encoded, dict]:
     """The first ``n`` samples of a trunk output and its batch."""
     enc = Encoded(z=enc.z[:n], skips=[s[:n] for s in enc.skips], image=enc.image[:n], size=enc.size)
-    sub = {k: (v[:n] if isinstance(v, Tensor) else v) for k, v in batch.items() if k != "present"}
+    sub = {k: (v[:n] if isinstance(v, (Tensor, list)) else v) for k, v in batch.items() if k != "present"}
     sub["present"] = {k: v[:n] for k, v in batch.get("present", {}).items()}
     return enc, sub
 
@@ -110,8 +106,9 @@ class MultitaskModule(L.LightningModule):
             (logged as ``{split}/delta_m`` when every task's primary metric has a reference).
         trunk_cache_gb: GiB of frozen-trunk outputs to keep for images seen again (0: off). For data
             without random augmentation (the demo's scenes, validation splits) every epoch after the
-            first skips the trunk; images are matched by content, so outputs are never stale
-            (:class:`~vtagml.engine.trunk_cache.TrunkCache`). Needs a frozen trunk.
+            first skips the trunk; images are matched by content, and the cache is cleared when a
+            checkpoint is loaded (:class:`~vtagml.engine.trunk_cache.TrunkCache`). Per process (under
+            DDP every process keeps its own). Needs a frozen trunk.
 
     Edge metrics take their match distance from the datamodule's ``edge_max_dist`` (a property
     of the dataset: NYUD-v2 0.011, BSDS / PASCAL 0.0075) when it declares one.
@@ -142,7 +139,11 @@ class MultitaskModule(L.LightningModule):
             raise ValueError(f"trunk_cache_gb must be >= 0, got {trunk_cache_gb}")
         if trunk_cache_gb and net.train_trunk:
             raise ValueError("trunk_cache_gb needs a frozen trunk (train_trunk=False): a trained trunk's outputs change")
-        self.trunk_cache = TrunkCache(int(trunk_cache_gb * 2**30)) if trunk_cache_gb else None
+        self.trunk_cache = TrunkCache(max(1, int(trunk_cache_gb * 2**30))) if trunk_cache_gb else None
+        if self.trunk_cache is not None:
+            # the cache keys images in on_before_batch_transfer; Lightning notes that a module's hook is
+            # used when the datamodule defines none, which is the intent
+            warnings.filterwarnings("ignore", message=r".*overridden `on_before_batch_transfer` in `LightningModule`")
         net.troa.configure(momentum=troa_momentum, step_size=troa_step, exact_samples=troa_exact_samples)
         self.val_metrics = nn.ModuleDict({t.name: t.build_metrics(approximate=not exact_validation) for t in net.tasks})
         self.test_metrics = nn.ModuleDict({t.name: t.build_metrics() for t in net.tasks})
@@ -175,6 +176,8 @@ class MultitaskModule(L.LightningModule):
             rank_zero_warn("checkpoint records no task list (written by an older vtagml): loaded by position")
             return
         self.net.align_task_state(checkpoint["state_dict"], saved["task_names"], prefix="net.")
+        if self.trunk_cache is not None:
+            self.trunk_cache.clear()  # the checkpoint's trunk may differ from the one the cache saw
 
     @classmethod
     def load_from_checkpoint(cls, checkpoint_path, map_location=None, hparams_file=None, strict=None, **kwargs):
@@ -201,9 +204,9 @@ class MultitaskModule(L.LightningModule):
         if self.trunk_cache is None:
             return self.net.encode(batch["image"])
         keys = batch.get("trunk_keys")
-        if keys is None:  # a datamodule's own on_before_batch_transfer replaces ours
-            rank_zero_warn("trunk_cache_gb: batches reach the model without image keys (does the datamodule "
-                           "override on_before_batch_transfer?); the trunk runs on every batch")
+        if keys is None:  # images already on the device, or a datamodule's own on_before_batch_transfer
+            rank_zero_warn("trunk_cache_gb: batches reach the model without image keys (images already on the "
+                           "device, or a datamodule that overrides on_before_batch_transfer); the trunk runs on every batch")
             return self.net.encode(batch["image"])
         return self.trunk_cache.encode(self.net, batch["image"], keys)
 

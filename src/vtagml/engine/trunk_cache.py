@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import hashlib
 
-import numpy as np
 import torch
 from torch import Tensor
 
@@ -24,12 +23,12 @@ def image_keys(images: Tensor) -> list[bytes]:
     if images.device.type != "cpu":
         raise ValueError(f"image keys are taken on the host, before the batch moves; got a {images.device} tensor")
     header = f"{tuple(images.shape[1:])}{images.dtype}".encode()
-    arrays = np.ascontiguousarray(images.detach().numpy())
-    return [hashlib.blake2b(header + a.tobytes(), digest_size=16).digest() for a in arrays]
+    raw = images.detach().contiguous().reshape(len(images), -1).view(torch.uint8).numpy()  # any dtype, bf16 too
+    return [hashlib.blake2b(header + row.tobytes(), digest_size=16).digest() for row in raw]
 
 
 class TrunkCache:
-    """Frozen-trunk outputs of every image encoded so far, up to ``max_bytes``.
+    """Frozen-trunk outputs of every image encoded so far, up to ``max_bytes`` (per process).
 
     Args:
         max_bytes: memory the cached outputs may take (on the device they were computed on);
@@ -39,31 +38,44 @@ class TrunkCache:
     def __init__(self, max_bytes: int):
         if max_bytes <= 0:
             raise ValueError(f"max_bytes must be > 0, got {max_bytes}")
-        self.max_bytes, self.bytes = int(max_bytes), 0
+        self.max_bytes = int(max_bytes)
+        self.clear()
+
+    def clear(self) -> None:
+        """Forget every entry (the trunk's weights changed, e.g. a checkpoint was loaded)."""
         self.entries: dict[bytes, tuple[Tensor, list[Tensor]]] = {}
-        self.hits = self.misses = 0
+        self.bytes = self.hits = self.misses = 0
 
     def __len__(self) -> int:
         return len(self.entries)
 
+    def _keep(self, key: bytes, z: Tensor, skips: list[Tensor]) -> None:
+        size = sum(t.numel() * t.element_size() for t in [z, *skips])
+        if key not in self.entries and self.bytes + size <= self.max_bytes:
+            self.entries[key] = (z.clone(), [s.clone() for s in skips])  # not views of the whole batch
+            self.bytes += size
+
     def encode(self, net: VTAGML, images: Tensor, keys: list[bytes]) -> Encoded:
-        """``net.encode(images)``, with the trunk skipped when every image of the batch is cached
-        (a batch with any new image runs the trunk once for all of them and keeps the new ones)."""
+        """``net.encode(images)``: the trunk runs on the images not cached yet (all of them at a first
+        epoch), the others' outputs come from the cache."""
         if net.train_trunk:
             raise ValueError("a TrunkCache needs a frozen trunk (train_trunk=False): a trained trunk's outputs change")
         if len(keys) != images.shape[0]:
             raise ValueError(f"{len(keys)} image keys for a batch of {images.shape[0]} images")
-        found = [self.entries.get(k) for k in keys]
-        if all(e is not None for e in found):
-            self.hits += len(keys)
-            z = torch.stack([e[0] for e in found])
-            skips = [torch.stack([e[1][i] for e in found]) for i in range(len(found[0][1]))]
-            return net.encode(images, trunk_outputs=(z, skips))
-        self.misses += sum(e is None for e in found)
-        enc = net.encode(images)
-        per_image = sum(t[0].numel() * t.element_size() for t in [enc.z, *enc.skips])
-        for i, (key, entry) in enumerate(zip(keys, found)):
-            if entry is None and key not in self.entries and self.bytes + per_image <= self.max_bytes:
-                self.entries[key] = (enc.z[i].clone(), [s[i].clone() for s in enc.skips])
-                self.bytes += per_image
-        return enc
+        rows = [self.entries.get(k) for k in keys]
+        new = [i for i, row in enumerate(rows) if row is None]
+        self.hits, self.misses = self.hits + len(keys) - len(new), self.misses + len(new)
+        if len(new) == len(keys):
+            enc = net.encode(images)
+            for i, key in enumerate(keys):
+                self._keep(key, enc.z[i], [s[i] for s in enc.skips])
+            return enc
+        if new:
+            fresh = net.encode(images[new])
+            for j, i in enumerate(new):
+                rows[i] = (fresh.z[j], [s[j] for s in fresh.skips])
+                self._keep(keys[i], *rows[i])
+        device = images.device
+        z = torch.stack([row[0] for row in rows]).to(device)
+        skips = [torch.stack([row[1][k] for row in rows]).to(device) for k in range(len(rows[0][1]))]
+        return net.encode(images, trunk_outputs=(z, skips))

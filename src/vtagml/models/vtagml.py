@@ -78,7 +78,7 @@ def _composition_weights(weights: dict[str, float], known: Sequence[str]) -> dic
 @torch.no_grad()
 def _compose_into(target: nn.Module, init: nn.Module, sources: Sequence[nn.Module], weights: Sequence[float]) -> None:
     """Task-vector composition: ``target = init + sum_j w_j (source_j - init)``, tensor by tensor (a
-    source without one of the target's tensors, such as a decoder without image branch, leaves it at init)."""
+    source without one of the target's tensors, such as a decoder without image branch, adds no change to it)."""
     base = init.state_dict()
     parts = [s.state_dict() for s in sources]
     for name, tensor in target.state_dict().items():
