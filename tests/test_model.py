@@ -313,6 +313,33 @@ def test_image_branch_removed_per_task(tiny_checkpoint, tmp_path):
         torch.testing.assert_close(pred, out[task], msg=task)
 
 
+
+def test_add_task_builds_the_decoder_its_kind_needs(tiny_checkpoint):
+    """A new task gets the image branch its kind (or the constructor's default) asks for, even when
+    no known decoder has one; a head that cannot be composed is refused before anything changes."""
+    from vtagml.tasks import Depth
+
+    model = VTAGML(TINY_SWIN["name"], tasks=("depth", "edges"), img_size=64, checkpoint_path=tiny_checkpoint,
+                   backbone_kwargs=TINY_SWIN["kwargs"], adapt_last_k=2, embed_dim=8, decoder_channels=16,
+                   image_skip_stride={"depth": 0, "edges": 0})
+    model.add_task("normals")  # no kind known: the default stride 2, with an image branch
+    normals, init = model.decoders["normals"], model.decoder_init.state_dict()
+    assert (normals.out_stride, normals.out_channels) == (2, 8) and model.heads["normals"].conv.in_channels == 8
+    assert normals.state_dict().keys() == init.keys() and all(torch.equal(v, init[k]) for k, v in normals.state_dict().items())
+    assert model(torch.rand(1, 3, 64, 64))["normals"].shape == (1, 3, 64, 64)
+    assert VTAGML.from_config(model.config).decoders["normals"].out_stride == 2
+
+    mixed = VTAGML(TINY_SWIN["name"], tasks=("depth", Depth(name="depth_zbuffer")), img_size=64,
+                   checkpoint_path=tiny_checkpoint, backbone_kwargs=TINY_SWIN["kwargs"], adapt_last_k=2, embed_dim=8,
+                   decoder_channels=16, image_skip_stride={"depth": 0})
+    rows = mixed.embeddings.weight.detach().clone()
+    with pytest.raises(ValueError, match="depth_far.*16 decoder channels.*depth_zbuffer"):
+        mixed.add_task(Depth(name="depth_far"), composition={"depth": 0.5, "depth_zbuffer": 0.5})
+    assert mixed.task_names == ["depth", "depth_zbuffer"] and torch.equal(mixed.embeddings.weight, rows)
+    assert set(mixed.decoders) == {"depth", "depth_zbuffer"} and mixed.troa.affinity.shape == (2, 2)
+    mixed.add_task(Depth(name="depth_far"), composition={"depth": 1.0})  # heads of one shape compose
+    assert mixed.heads["depth_far"].conv.in_channels == 16
+
 def test_pixel_shuffle_head_puts_each_output_at_its_pixel():
     """Output (c, 2i + a, 2j + b) is the 1x1 conv's channel 4c + 2a + b at (i, j)."""
     from vtagml.models.decoders import TaskHead

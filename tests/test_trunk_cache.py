@@ -50,20 +50,24 @@ def test_full_cache_keeps_what_fits(tiny_checkpoint):
 
 
 def test_training_with_the_cache_is_training_without_it(tmp_path, tiny_checkpoint):
-    """Three epochs on the same scenes: identical losses and weights; epochs 2 and 3 skip the trunk."""
+    """Three epochs on the same scenes, validated every epoch, with TROA's exact lookahead at every
+    step: identical losses, validation metrics, affinities and weights; later epochs skip the trunk."""
     runs = {}
     for gb in (0.0, 0.01):
         L.seed_everything(0)
         losses = LossRecorder()
-        module = tiny_module(tiny_checkpoint, trunk_cache_gb=gb)
-        trainer(tmp_path / str(gb), max_epochs=3, callbacks=[losses], enable_checkpointing=False,
-                limit_val_batches=0).fit(module, tiny_data())
-        runs[gb] = (losses.losses, module)
-    (plain, plain_module), (cached, cached_module) = runs[0.0], runs[0.01]
+        module = tiny_module(tiny_checkpoint, trunk_cache_gb=gb, troa_exact_every=1)
+        fit = trainer(tmp_path / str(gb), max_epochs=3, callbacks=[losses], enable_checkpointing=False)
+        fit.fit(module, tiny_data())
+        runs[gb] = (losses.losses, module, {k: v.item() for k, v in fit.callback_metrics.items() if k.startswith("val/")})
+    (plain, plain_module, plain_val), (cached, cached_module, cached_val) = runs[0.0], runs[0.01]
     assert plain_module.trunk_cache is None
     cache = cached_module.trunk_cache
-    assert (cache.misses, cache.hits, len(cache)) == (8, 16, 8)  # 8 scenes, 3 epochs
+    assert (cache.misses, cache.hits, len(cache)) == (8 + 4, 16 + 8, 8 + 4)  # 8 train + 4 val scenes, 3 epochs
     assert cached == pytest.approx(plain, rel=1e-5)
+    assert len(plain_val) > 4 and cached_val == pytest.approx(plain_val, rel=1e-5, abs=1e-6)
+    torch.testing.assert_close(cached_module.net.troa.affinity, plain_module.net.troa.affinity, rtol=1e-4, atol=1e-5)
+    assert torch.all(plain_module.net.troa.counts == 6)  # every step measured the exact lookahead
     for (name, a), b in zip(plain_module.net.trainable_state_dict().items(),
                             cached_module.net.trainable_state_dict().values()):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5, msg=name)
@@ -90,3 +94,21 @@ def test_loading_a_checkpoint_clears_the_cache(tmp_path, tiny_checkpoint):
     assert len(module.trunk_cache) == 2
     module.on_load_checkpoint({"vtagml": module.net.describe(), "state_dict": {}})
     assert len(module.trunk_cache) == 0
+
+
+def test_entries_are_kept_per_precision(tiny_checkpoint):
+    """Outputs encoded under bf16 autocast are not served to an fp32 pass (a bf16 fit, then an fp32 test)."""
+    net = tiny_module(tiny_checkpoint).net.eval()
+    torch.manual_seed(0)
+    images = torch.rand(2, 3, 64, 64)
+    keys = image_keys(images)
+    cache = TrunkCache(max_bytes=2**22)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        low = cache.encode(net, images, keys)
+    full = cache.encode(net, images, keys)
+    assert (cache.hits, cache.misses, len(cache)) == (0, 4, 4)
+    torch.testing.assert_close(full.z, net.encode(images).z, rtol=0, atol=1e-6)
+    assert not torch.allclose(low.z.float(), full.z, rtol=0, atol=1e-4)  # the bf16 entries differ
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        again = cache.encode(net, images, keys)
+    assert cache.hits == 2 and torch.equal(again.z, low.z)

@@ -13,6 +13,7 @@
 from __future__ import annotations
 
 import copy
+import functools
 import hashlib
 import json
 import os
@@ -235,7 +236,8 @@ class VTAGML(nn.Module):
             dec_kw["image_skip_stride"] = self._image_stride(None)
         else:
             dec_kw["img_size"] = img_size
-        template = dec_cls(**dec_kw)
+        self._build_decoder = functools.partial(dec_cls, **dec_kw)  # the template's recipe: new tasks' decoders
+        template = self._build_decoder()
         self.shared_decoder = shared_decoder
         if shared_decoder:
             self.decoder = template
@@ -266,13 +268,31 @@ class VTAGML(nn.Module):
             return self.image_skip_stride.get(task_name, 2)
         return self.image_skip_stride
 
-    def _task_head(self, task: Task) -> TaskHead:
-        """A new head for ``task`` on its decoder's output (channels, stride), initialized by the task."""
-        decoder = self.decoder if self.shared_decoder else self.decoders[task.name]
-        mode = self.head_upsample.get(task.name, "bilinear") if isinstance(self.head_upsample, dict) else self.head_upsample
-        head = TaskHead(decoder.out_channels, task.channels, decoder.out_stride, mode)
+    def _task_head(self, task: Task, decoder: nn.Module | None = None, upsample: str | None = None) -> TaskHead:
+        """A new head for ``task`` on a decoder's output (channels, stride; by default the task's
+        decoder, upsampling as configured), initialized by the task."""
+        if decoder is None:
+            decoder = self.decoder if self.shared_decoder else self.decoders[task.name]
+        if upsample is None:
+            upsample = self.head_upsample
+            if isinstance(upsample, dict):
+                upsample = upsample.get(task.name, "bilinear")
+        head = TaskHead(decoder.out_channels, task.channels, decoder.out_stride, upsample)
         task.init_head(head.conv)
         return head
+
+    def _initial_decoder(self, stride: int) -> nn.Module:
+        """A new decoder at the decoders' common initialization theta_0, its image branch (FPN) at
+        ``stride``: built as the constructor built the template (whatever branch the known tasks
+        have), then theta_0 loaded, on theta_0's device and dtype."""
+        with torch.random.fork_rng(devices=[]):  # its random init is replaced: the RNG stream stays as it was
+            decoder = self._build_decoder()
+        if isinstance(decoder, FPNDecoder) and stride != decoder.image_skip_stride:
+            decoder.set_image_stride(stride)
+        init = self.decoder_init.state_dict()
+        decoder.load_state_dict({k: v for k, v in init.items() if k in decoder.state_dict()})
+        ref = next(t for t in init.values() if t.is_floating_point())
+        return decoder.to(device=ref.device, dtype=ref.dtype)
 
     def _task_decoder(self, template: nn.Module, task_name: str) -> nn.Module:
         """A copy of ``template`` (same weights) for ``task_name``, at that task's image stride."""
@@ -499,6 +519,31 @@ class VTAGML(nn.Module):
                 raise ValueError(f"zero-shot task {task.name!r} (kind {task.kind!r}, {task.channels} channels) needs "
                                  f"weight on a known task of the same kind; got {composition}")
             head_weights = _composition_weights(same, list(same))
+        # the new task reads and upsamples as the first known task of its kind (the config's mappings
+        # get the same entries); everything is built and checked before the model changes
+        same_kind = [n for n, t in zip(self.task_names, self.tasks) if t.kind == task.kind]
+        upsample = self.head_upsample
+        if isinstance(upsample, dict):
+            upsample = upsample.get(same_kind[0], "bilinear") if same_kind else "bilinear"
+        stride = None
+        if not self.shared_decoder:
+            stride = self._image_stride(same_kind[0] if same_kind else task.name)
+            decoder = self._initial_decoder(stride)
+            if weights is not None:
+                _compose_into(decoder, self.decoder_init, [self.decoders[n] for n in weights], list(weights.values()))
+        else:
+            decoder = self.decoder
+        head = self._task_head(task, decoder, upsample)
+        if head_weights is not None:
+            shapes = {n: tuple(self.heads[n].conv.weight.shape) for n in head_weights}
+            if any(shape != tuple(head.conv.weight.shape) for shape in shapes.values()):
+                raise ValueError(f"zero-shot task {task.name!r}: its head ({decoder.out_channels} decoder channels, "
+                                 f"stride {decoder.out_stride}, weight {tuple(head.conv.weight.shape)}) cannot be composed "
+                                 f"from heads of other shapes: {shapes}; compose from tasks whose decoders match")
+            with torch.no_grad():
+                for name, p in head.named_parameters():
+                    p.copy_(sum(a * self.heads[n].get_parameter(name) for n, a in head_weights.items()))
+
         device = self.embeddings.weight.device
         with torch.no_grad():
             if weights is None:
@@ -508,29 +553,13 @@ class VTAGML(nn.Module):
             self.embeddings.weight = nn.Parameter(torch.cat([self.embeddings.weight.detach(), row.to(device)]),
                                                   requires_grad=self.embeddings.weight.requires_grad)
         self.troa.add_task()
-        same_kind = [n for n, t in zip(self.task_names, self.tasks) if t.kind == task.kind]
         if isinstance(self.head_upsample, dict) and same_kind and same_kind[0] in self.head_upsample:
-            self.head_upsample[task.name] = self.head_upsample[same_kind[0]]  # as its kind (the config's mapping)
+            self.head_upsample[task.name] = upsample
+        if isinstance(self.image_skip_stride, dict) and stride is not None and stride != 2:
+            self.image_skip_stride[task.name] = stride
         if not self.shared_decoder:
-            if isinstance(self.image_skip_stride, dict) and same_kind:  # a new task sees as finely as its kind
-                stride = self._image_stride(same_kind[0])
-                if stride != 2:
-                    self.image_skip_stride[task.name] = stride  # the config holds this same mapping
-            # a decoder with an image branch, if any, can be copied to any image stride (0 removes it)
-            known = list(self.decoders.values())
-            template = next((d for d in known if getattr(d, "image_skip_stride", 0)), known[0])
-            decoder = self._task_decoder(template, task.name)
-            init = self.decoder_init.state_dict()
-            decoder.load_state_dict({k: v for k, v in init.items() if k in decoder.state_dict()})
-            if weights is not None:
-                _compose_into(decoder, self.decoder_init, [self.decoders[n] for n in weights], list(weights.values()))
             self.decoders[task.name] = decoder
-        head = self._task_head(task).to(device)
-        if head_weights is not None:
-            with torch.no_grad():
-                for name, p in head.named_parameters():
-                    p.copy_(sum(a * self.heads[n].get_parameter(name) for n, a in head_weights.items()))
-        self.heads[task.name] = head
+        self.heads[task.name] = head.to(device)
         self.tasks.append(task)
         self.task_names.append(task.name)
         self.config["tasks"].append(task.spec())
