@@ -21,7 +21,11 @@ CPU: the profiler's allocation events).
 
 Usage:
     python benchmarks/bench_speed.py [--device cuda|cpu] [--cases demo,swin_t,swin_b]
-        [--precision fp32,bf16] [--repeats N] [--warmup N] [--check-syncs]
+        [--precision fp32,bf16] [--repeats N] [--warmup N] [--batch N] [--inference-only] [--check-syncs]
+
+``--inference-only`` skips the training steps (and ``fpn_cached``, whose inference is ``fpn``'s): the
+Swin-B 448 rows on a CPU, where the official structure's training step needs more memory than a
+laptop has.
 """
 
 from __future__ import annotations
@@ -156,11 +160,12 @@ def vtagml_variant(case: Case, checkpoint: Path, decoder: str, trunk_cache_gb: f
     return Variant(module, module.net, *_training(module, module, loss))
 
 
-def build_variants(case: Case, checkpoint: Path, device: torch.device) -> dict[str, Variant]:
+def build_variants(case: Case, checkpoint: Path, device: torch.device, train: bool = True) -> dict[str, Variant]:
     bare = create_backbone(case.backbone, case.size, checkpoint_path=checkpoint, **case.backbone_kwargs)
-    variants = dict(official=official_variant(case, checkpoint), fpn=vtagml_variant(case, checkpoint, "fpn"),
-                    fpn_cached=vtagml_variant(case, checkpoint, "fpn", trunk_cache_gb=1.0),
-                    swin_unet=vtagml_variant(case, checkpoint, "swin_unet"), bare=Variant(bare, bare.forward_features))
+    variants = dict(official=official_variant(case, checkpoint), fpn=vtagml_variant(case, checkpoint, "fpn"))
+    if train:
+        variants["fpn_cached"] = vtagml_variant(case, checkpoint, "fpn", trunk_cache_gb=1.0)
+    variants.update(swin_unet=vtagml_variant(case, checkpoint, "swin_unet"), bare=Variant(bare, bare.forward_features))
     for v in variants.values():
         v.model.to(device)
     return variants
@@ -243,12 +248,12 @@ def peak_step_bytes(v: Variant, batch: dict, device: torch.device) -> int:
 
 # ---------------------------------------------------------------------- the table
 def measure(case: Case, device: torch.device, precision: str, repeats: int, warmup: int,
-            checkpoint: Path) -> list[dict]:
-    """One row per variant: images/s, FLOPs, training images/s and peak memory."""
-    b = case.batch[device.type]
+            checkpoint: Path, batch_size: int | None = None, train: bool = True) -> list[dict]:
+    """One row per variant: images/s, FLOPs and (with ``train``) training images/s and peak memory."""
+    b = batch_size or case.batch[device.type]
     batch = make_batch(b, case.size, device)
     images = batch["image"]
-    variants = build_variants(case, checkpoint, device)
+    variants = build_variants(case, checkpoint, device, train)
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16")
     floor = backbone_floor(variants["bare"].model, images)
     rows = {name: dict(variant=name) for name in variants}
@@ -272,9 +277,9 @@ def measure(case: Case, device: torch.device, precision: str, repeats: int, warm
 
     for name, s in median_seconds({n: inference(v) for n, v in variants.items()}, repeats, warmup, device).items():
         rows[name]["infer"] = b / s
-    trained = {n: v for n, v in variants.items() if v.step is not None}
+    trained = {n: v for n, v in variants.items() if train and v.step is not None}
     steps = {n: training(v) for n, v in trained.items()}
-    for _ in range(max(1, warmup)):  # optimizer state exists before memory is measured
+    for _ in range(max(1, warmup) if trained else 0):  # optimizer state exists before memory is measured
         for fn in steps.values():
             fn()
     for name, v in trained.items():
@@ -374,6 +379,8 @@ def main() -> None:
     parser.add_argument("--precision", help="fp32,bf16 (bf16: autocast; default fp32 on CPU, both on CUDA)")
     parser.add_argument("--repeats", type=int, help="default 3 on CPU, 5 on CUDA")
     parser.add_argument("--warmup", type=int, help="default 1 on CPU, 3 on CUDA")
+    parser.add_argument("--batch", type=int, help="images per batch (default: the case's for the device)")
+    parser.add_argument("--inference-only", action="store_true", help="no training steps (nor fpn_cached)")
     parser.add_argument("--check-syncs", action="store_true", help="only check forward + loss for host syncs (CUDA)")
     args = parser.parse_args()
     device = torch.device(args.device)
@@ -395,7 +402,8 @@ def main() -> None:
                 if args.check_syncs:
                     print(check_syncs(case, device, precision, checkpoint), flush=True)
                 else:
-                    rows += measure(case, device, precision, repeats, warmup, checkpoint)
+                    rows += measure(case, device, precision, repeats, warmup, checkpoint, args.batch,
+                                    train=not args.inference_only)
                     print(f"measured {case.name} {precision}", flush=True)
     if rows:
         print(format_table(rows))

@@ -48,3 +48,14 @@ def test_vtagml_above_floor_and_below_official(flops):
     assert floor["floor"] == pytest.approx(floor["trunk"] + len(bench.TASKS) * floor["adapted"])
     backbone = flops["fpn"]["Global"] - bench.decoder_head_flops(flops["fpn"])
     assert floor["floor"] <= backbone < flops["official"]["Global"] - bench.decoder_head_flops(flops["official"])
+
+
+def test_inference_only_rows_have_no_training_figures():
+    """``--inference-only`` (Swin-B 448 on a laptop): every variant but fpn_cached, inference and FLOPs only."""
+    case = bench.CASES["demo"]
+    rows = bench.measure(case, torch.device("cpu"), "fp32", repeats=1, warmup=0, checkpoint=case.checkpoint,
+                         batch_size=2, train=False)
+    assert [r["variant"] for r in rows] == ["official", "fpn", "swin_unet", "bare"]
+    assert all(r["batch"] == 2 and r["infer"] > 0 and "train" not in r and "memory" not in r for r in rows)
+    table = bench.format_table(rows)
+    assert "| demo Swin 64, batch 2 | fp32 | fpn |" in table and table.count(" - |") == 4 * 4
