@@ -273,6 +273,31 @@ def test_semseg_class_weights_give_the_weighted_mean_of_labelled_pixels():
             build_tasks(["semseg"], num_classes=4, options={"semseg": {"class_weights": bad}})
 
 
+def test_semseg_jaccard_weight_adds_the_soft_iou_loss_of_the_classes_present():
+    """Hand-computed soft Jaccard: class 0 soft IoU 0.75 / 1.5, class 1 0.4 / 1.2, class 2 (predicted, not
+    in the target) left out; ignored pixels and absent samples take no part; no label: exactly 0."""
+    probs = torch.tensor([[0.75, 0.2, 0.05], [0.5, 0.4, 0.1], [0.1, 0.1, 0.8]])  # pixels A, B, C
+    logits = probs.log().T.reshape(1, 3, 1, 3).repeat(2, 1, 1, 1).requires_grad_()  # 2 samples of 1 x 3 pixels
+    target = torch.tensor([[[0, 1, 255]], [[2, 2, 2]]])  # C unlabelled; sample 2 absent below
+    present = torch.tensor([True, False])
+    task = build_tasks(["semseg"], num_classes=3, options={"semseg": {"jaccard_weight": 2.0}})[0]
+    jaccard = ((1 - 0.75 / 1.5) + (1 - 0.4 / 1.2)) / 2
+    cross_entropy = -(np.log(0.75) + np.log(0.4)) / 2
+    torch.testing.assert_close(task.loss(logits, target, present), torch.tensor(cross_entropy + 2 * jaccard, dtype=torch.float32))
+    plain = build_tasks(["semseg"], num_classes=3)[0]
+    torch.testing.assert_close(plain.loss(logits, target, present), torch.tensor(cross_entropy, dtype=torch.float32))
+    nothing = task.loss(logits, target, torch.tensor([False, False]))
+    nothing.backward()
+    assert nothing.item() == 0.0 and logits.grad.abs().sum() == 0
+    assert task.spec()["init_args"]["jaccard_weight"] == 2.0
+    with torch.autograd.profiler.profile() as prof:
+        task.loss(logits, target, present)
+    assert not {e.name for e in prof.function_events} & {"aten::nonzero", "aten::item", "aten::_local_scalar_dense"}
+    for bad in (-1.0, float("nan")):
+        with pytest.raises(ValueError, match="'semseg': jaccard_weight"):
+            build_tasks(["semseg"], num_classes=3, options={"semseg": {"jaccard_weight": bad}})
+
+
 # ----------------------------------------------------------------- registry and collate
 
 

@@ -46,6 +46,9 @@ class SemanticSegmentation(Task):
     ``eval_semseg``). The two agree when every class occurs, as on full NYUD-v2 val.
     ``class_weights`` (one value >= 0 per class) weight the cross-entropy per target class (a
     weighted mean: rare classes count more in the loss, as mIoU counts every class alike).
+    ``jaccard_weight`` > 0 adds that multiple of the soft Jaccard loss
+    (:func:`~vtagml.tasks.losses.soft_jaccard`, over the batch's classes) to the cross-entropy: a
+    surrogate of the IoU that mIoU averages, which weighs every class alike whatever its size.
     """
 
     kind = "classes"
@@ -53,7 +56,8 @@ class SemanticSegmentation(Task):
 
     def __init__(self, num_classes: int, name: str = "semseg", weight: float = 1.0,
                  ignore_index: int = IGNORE_INDEX, class_names: list[str] | None = None,
-                 absent_classes: str = "drop", class_weights: list[float] | None = None):
+                 absent_classes: str = "drop", class_weights: list[float] | None = None,
+                 jaccard_weight: float = 0.0):
         if num_classes < 2:
             raise ValueError(f"task {name!r}: num_classes must be >= 2, got {num_classes}")
         if absent_classes not in ("drop", "zero"):
@@ -62,8 +66,11 @@ class SemanticSegmentation(Task):
                                           or sum(class_weights) <= 0):
             raise ValueError(f"task {name!r}: class_weights must be {num_classes} values >= 0 with a positive sum, "
                              f"got {class_weights}")
+        if not (math.isfinite(jaccard_weight) and jaccard_weight >= 0):
+            raise ValueError(f"task {name!r}: jaccard_weight must be a finite value >= 0, got {jaccard_weight}")
         super().__init__(name, num_classes, weight)
         self.num_classes, self.ignore_index, self.absent_classes = num_classes, ignore_index, absent_classes
+        self.jaccard_weight = float(jaccard_weight)
         self.class_weights = None if class_weights is None else [float(w) for w in class_weights]
         self._weights_on: dict[torch.device, Tensor] = {}  # copied to a device once, not at every step
         self.loss_fn = functools.partial(losses.cross_entropy, ignore_index=ignore_index)
@@ -73,11 +80,16 @@ class SemanticSegmentation(Task):
         return (target != self.ignore_index).unsqueeze(1)
 
     def loss(self, pred: Tensor, target: Tensor, present: Tensor | None = None) -> Tensor:
-        if self.class_weights is None:
-            return super().loss(pred, target, present)
-        if pred.device not in self._weights_on:
-            self._weights_on[pred.device] = torch.tensor(self.class_weights, device=pred.device)
-        return self.loss_fn(pred, target, self.masked_valid(target, present), class_weights=self._weights_on[pred.device])
+        valid = self.masked_valid(target, present)
+        weights = None
+        if self.class_weights is not None:
+            if pred.device not in self._weights_on:
+                self._weights_on[pred.device] = torch.tensor(self.class_weights, device=pred.device)
+            weights = self._weights_on[pred.device]
+        loss = self.loss_fn(pred, target, valid, class_weights=weights)
+        if self.jaccard_weight:
+            loss = loss + self.jaccard_weight * losses.soft_jaccard(pred, target, valid, self.ignore_index)
+        return loss
 
     def to_label(self, pred: Tensor) -> Tensor:
         return pred.argmax(dim=1)

@@ -52,6 +52,26 @@ def cross_entropy(logits: Tensor, target: Tensor, valid: Tensor, ignore_index: i
     return F.cross_entropy(logits, target, weight=class_weights, ignore_index=ignore_index, reduction="sum") / total
 
 
+def soft_jaccard(logits: Tensor, target: Tensor, valid: Tensor, ignore_index: int = 255, eps: float = 1e-6) -> Tensor:
+    """``1 - soft IoU`` of the class probabilities with the one-hot target, averaged over the classes
+    that occur among the batch's labelled pixels (mIoU's differentiable surrogate, as in Rahman &
+    Wang 2016). Pixels of ``ignore_index`` or of invalid samples take no part; exactly zero with a
+    zero gradient when no pixel is labelled.
+
+    Args:
+        logits: (B, C, H, W); target: long (B, H, W); valid: (B, 1, H, W).
+    """
+    num_classes = logits.shape[1]
+    labelled = (valid[:, 0] & (target != ignore_index)).unsqueeze(1)  # (B, 1, H, W)
+    probs = logits.to(torch.promote_types(logits.dtype, torch.float32)).softmax(1) * labelled
+    onehot = torch.zeros_like(probs).scatter_(1, target.clamp(0, num_classes - 1).unsqueeze(1), labelled.to(probs))
+    inter = (probs * onehot).sum((0, 2, 3))
+    truth = onehot.sum((0, 2, 3))
+    union = probs.sum((0, 2, 3)) + truth - inter
+    present = truth > 0
+    return torch.where(present, 1 - inter / union.clamp_min(eps), 0.0).sum() / present.sum().clamp_min(1)
+
+
 def l1(pred: Tensor, target: Tensor, valid: Tensor) -> Tensor:
     """Mean absolute error over valid pixels (all channels of a valid pixel count)."""
     pred, target = _fp32(pred, target)
