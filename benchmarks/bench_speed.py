@@ -279,7 +279,7 @@ def measure(case: Case, device: torch.device, precision: str, repeats: int, warm
         rows[name]["infer"] = b / s
     trained = {n: v for n, v in variants.items() if train and v.step is not None}
     steps = {n: training(v) for n, v in trained.items()}
-    for _ in range(max(1, warmup) if trained else 0):  # optimizer state exists before memory is measured
+    for _ in range(max(1, warmup)):  # optimizer state exists before memory is measured
         for fn in steps.values():
             fn()
     for name, v in trained.items():
