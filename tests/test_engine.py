@@ -115,6 +115,28 @@ def test_bf16_mixed_precision_trains_with_troa(tmp_path, tiny_checkpoint):
     assert torch.equal(module.net.trunk["patch_embed"].proj.weight, frozen)
 
 
+def test_bf16_mixed_precision_clips_gradients_of_the_fused_optimizer(tmp_path, tiny_checkpoint):
+    """Lightning's mixed-precision plugin refuses to clip for a fused AdamW; bf16 has no loss
+    scaler, so the module clips itself: the step runs and sees gradients of norm <= the clip."""
+    norms = []
+
+    class Recording(MultitaskModule):
+        def configure_gradient_clipping(self, optimizer, gradient_clip_val=None, gradient_clip_algorithm=None):
+            params = [p for g in optimizer.param_groups for p in g["params"] if p.grad is not None]
+            before = torch.linalg.vector_norm(torch.stack([p.grad.norm() for p in params]))
+            super().configure_gradient_clipping(optimizer, gradient_clip_val, gradient_clip_algorithm)
+            norms.append((float(before), float(torch.linalg.vector_norm(torch.stack([p.grad.norm() for p in params])))))
+
+    net = tiny_module(tiny_checkpoint).net
+    module = Recording(net, lr=5e-3)
+    trainer(tmp_path, max_steps=2, precision="bf16-mixed", gradient_clip_val=1e-3, enable_checkpointing=False,
+            limit_val_batches=0).fit(module, tiny_data())
+    assert module.optimizers().optimizer.defaults["fused"]
+    assert len(norms) == 2
+    for before, after in norms:
+        assert before > 1e-3 and after == pytest.approx(1e-3, rel=1e-3)
+
+
 def test_resume_continues_with_identical_losses(tmp_path, tiny_checkpoint):
     L.seed_everything(0)
     full = LossRecorder()

@@ -260,6 +260,19 @@ class MultitaskModule(L.LightningModule):
         scaler = self._scaler()
         return float(scaler.get_scale()) if scaler is not None else 1.0
 
+    def configure_gradient_clipping(self, optimizer, gradient_clip_val=None, gradient_clip_algorithm=None) -> None:
+        """Lightning's mixed-precision plugin refuses to clip for a fused optimizer (one that would
+        unscale fp16 gradients inside its step). Without a loss scaler (bf16-mixed) the gradients
+        are already true, so they are clipped here as under full precision."""
+        if gradient_clip_val and self._scaler() is None and getattr(optimizer, "_step_supports_amp_scaling", False):
+            params = [p for g in optimizer.param_groups for p in g["params"]]
+            if gradient_clip_algorithm in (None, "norm"):
+                torch.nn.utils.clip_grad_norm_(params, gradient_clip_val)
+            else:
+                torch.nn.utils.clip_grad_value_(params, gradient_clip_val)
+            return
+        super().configure_gradient_clipping(optimizer, gradient_clip_val, gradient_clip_algorithm)
+
     def on_before_optimizer_step(self, optimizer) -> None:
         """A non-finite task loss never reaches the weights: training stops with the step and the
         task named. Under fp16 mixed precision the GradScaler skips such a step instead (and lowers
