@@ -381,3 +381,19 @@ def test_head_upsample_per_task(tiny_checkpoint):
         VTAGML(TINY_SWIN["name"], head_upsample={"edge": "pixel_shuffle"}, **kw)
     with pytest.raises(ValueError, match="nearest"):
         VTAGML(TINY_SWIN["name"], head_upsample="nearest", **kw)
+
+
+def test_decoder_group_norm_normalizes_cpu_bf16_in_float32():
+    """The decoders' GroupNorm returns bf16 for bf16 input (autocast's contract) but computes it
+    in float32 on CPU, where the bf16 channels-last kernel is slow: equal to the float32 result
+    rounded once."""
+    from vtagml.models.decoders import GroupNorm
+
+    torch.manual_seed(0)
+    norm = GroupNorm(4, 16)
+    torch.nn.init.uniform_(norm.weight, 0.5, 1.5), torch.nn.init.uniform_(norm.bias, -0.5, 0.5)
+    x = (3 * torch.randn(2, 16, 8, 8) + 1).bfloat16().to(memory_format=torch.channels_last)
+    y = norm(x)
+    assert y.dtype == torch.bfloat16
+    assert torch.equal(y, F.group_norm(x.float(), 4, norm.weight, norm.bias, norm.eps).bfloat16())
+    assert torch.equal(norm(x.float()), F.group_norm(x.float(), 4, norm.weight, norm.bias, norm.eps))

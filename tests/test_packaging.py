@@ -239,6 +239,40 @@ def test_a_checkpoint_io_given_on_the_command_line_is_kept(tmp_path, tiny_checkp
     assert isinstance(trainer_of().strategy.checkpoint_io, AtomicCheckpointIO)
 
 
+def tiny_demo(monkeypatch, checkpoint):
+    """``vtagml demo`` with a tiny model and 4 training scenes (its outputs, not its quality)."""
+    from vtagml import VTAGML, demo
+    from vtagml.data import SyntheticDataModule
+    from vtagml.engine.module import MultitaskModule
+
+    def build(train_samples, val_samples, batch_size, lr, seed, weights):
+        dm = SyntheticDataModule(tasks=demo.DEMO_TASKS, size=64, domain="a", train_samples=4, val_samples=6,
+                                 test_samples=6, seed=seed, batch_size=2, in_memory=True)
+        net = VTAGML(TINY_SWIN["name"], tasks=demo.DEMO_TASKS, num_classes=dm.num_classes, img_size=64,
+                     checkpoint_path=checkpoint, backbone_kwargs=TINY_SWIN["kwargs"], adapt_last_k=2,
+                     embed_dim=8, decoder_channels=16)
+        return MultitaskModule(net, lr=lr), dm
+
+    monkeypatch.setattr(demo, "build_demo", build)
+    monkeypatch.setattr(demo, "prediction_grid", lambda *args, **kwargs: None)  # a figure: slow, not tested here
+
+
+def test_demo_trains_in_bf16_mixed_precision(tmp_path, monkeypatch, tiny_checkpoint):
+    """``vtagml demo --precision bf16-mixed``: bf16 autocast with the demo's gradient clipping and
+    fused AdamW, finite metrics, the precision recorded in ``metrics.json``."""
+    import json
+    import math
+
+    from vtagml import demo
+
+    tiny_demo(monkeypatch, tiny_checkpoint)
+    demo.main(["--out", str(tmp_path), "--epochs", "1", "--precision", "bf16-mixed"])
+    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    assert metrics["precision"] == "bf16-mixed" and metrics["epochs"] == 1
+    values = [v for task in metrics["tasks"].values() for v in task.values()]
+    assert len(values) > 8 and all(math.isfinite(v) for v in values)
+
+
 def test_demo_replaces_metrics_and_adapters_atomically(tmp_path, monkeypatch, tiny_checkpoint):
     """A failure while ``metrics.json`` or ``model/adapters.safetensors`` is written leaves the
     previous file and no temporary file (the demo runs with a tiny model here)."""
@@ -247,20 +281,9 @@ def test_demo_replaces_metrics_and_adapters_atomically(tmp_path, monkeypatch, ti
     import safetensors.torch
     from safetensors.torch import load_file
 
-    from vtagml import VTAGML, demo
-    from vtagml.data import SyntheticDataModule
-    from vtagml.engine.module import MultitaskModule
+    from vtagml import demo
 
-    def tiny_demo(train_samples, val_samples, batch_size, lr, seed, weights):
-        dm = SyntheticDataModule(tasks=demo.DEMO_TASKS, size=64, domain="a", train_samples=4, val_samples=6,
-                                 test_samples=6, seed=seed, batch_size=2, in_memory=True)
-        net = VTAGML(TINY_SWIN["name"], tasks=demo.DEMO_TASKS, num_classes=dm.num_classes, img_size=64,
-                     checkpoint_path=tiny_checkpoint, backbone_kwargs=TINY_SWIN["kwargs"], adapt_last_k=2,
-                     embed_dim=8, decoder_channels=16)
-        return MultitaskModule(net, lr=lr), dm
-
-    monkeypatch.setattr(demo, "build_demo", tiny_demo)
-    monkeypatch.setattr(demo, "prediction_grid", lambda *args, **kwargs: None)  # a figure: slow, not tested here
+    tiny_demo(monkeypatch, tiny_checkpoint)
     out = tmp_path / "demo"
     out.mkdir()
     (out / "metrics.json").write_text('{"previous": true}')
