@@ -21,7 +21,8 @@ from typing import Literal, Sequence
 import lightning as L
 import torch
 import torch.nn.functional as F
-from lightning.pytorch.utilities import rank_zero_warn
+from lightning.pytorch.plugins.precision import Precision
+from lightning.pytorch.utilities import GradClipAlgorithmType, rank_zero_warn
 from torch import Tensor, nn
 from torchmetrics import MeanMetric
 
@@ -265,11 +266,9 @@ class MultitaskModule(L.LightningModule):
         unscale fp16 gradients inside its step). Without a loss scaler (bf16-mixed) the gradients
         are already true, so they are clipped here as under full precision."""
         if gradient_clip_val and self._scaler() is None and getattr(optimizer, "_step_supports_amp_scaling", False):
-            params = [p for g in optimizer.param_groups for p in g["params"]]
-            if gradient_clip_algorithm in (None, "norm"):
-                torch.nn.utils.clip_grad_norm_(params, gradient_clip_val)
-            else:
-                torch.nn.utils.clip_grad_value_(params, gradient_clip_val)
+            # the full-precision plugin's clipping, on the mixed-precision plugin without its refusal
+            Precision.clip_gradients(self.trainer.precision_plugin, optimizer, gradient_clip_val,
+                                     gradient_clip_algorithm or GradClipAlgorithmType.NORM)
             return
         super().configure_gradient_clipping(optimizer, gradient_clip_val, gradient_clip_algorithm)
 
