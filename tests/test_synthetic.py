@@ -195,3 +195,35 @@ def test_bad_arguments_name_the_culprit():
         SyntheticScenes(split="training")
     with pytest.raises(IndexError):
         SyntheticScenes(num_samples=2)[2]
+
+
+def test_render_all_in_worker_processes_gives_the_lazily_rendered_samples(tmp_path):
+    tasks = ("semseg", "depth", "normals", "edges")
+    lazy = SyntheticScenes(split="val", size=24, num_samples=7, tasks=tasks)
+    ahead = SyntheticScenes(split="val", size=24, num_samples=7, tasks=tasks, in_memory=True, cache_dir=tmp_path)
+    first = ahead[2]  # already in memory: kept, not rendered again
+    ahead.render_all(workers=2, chunk=2)  # four chunks over two DataLoader worker processes
+    assert sorted(ahead._memory) == list(range(7)) and ahead[2] is first
+    assert len(list(tmp_path.glob("*.npz"))) == 7  # the workers fill the disk cache too
+    for i in range(7):
+        expected, got = lazy[i], ahead[i]
+        assert set(got) == set(expected)
+        for k in expected:
+            assert got[k].dtype == expected[k].dtype and torch.equal(got[k], expected[k]), (i, k)
+    with pytest.raises(ValueError, match="in_memory=True"):
+        lazy.render_all(workers=2)
+
+
+def test_synthetic_datamodule_renders_in_setup_unless_told_to_wait():
+    from vtagml.data import SyntheticDataModule
+
+    eager = SyntheticDataModule(tasks=["depth"], size=16, train_samples=5, val_samples=3, render_workers=1)
+    eager.setup("fit")
+    assert len(eager.datasets["train"]._memory) == 5 and len(eager.datasets["val"]._memory) == 3
+    lazy = SyntheticDataModule(tasks=["depth"], size=16, train_samples=5, val_samples=3, render_workers=0)
+    lazy.setup("fit")
+    assert lazy.datasets["train"]._memory == {}
+    batch = next(iter(lazy.train_dataloader()))
+    assert len(lazy.datasets["train"]._memory) == batch["image"].shape[0]
+    with pytest.raises(ValueError, match="render_workers"):
+        SyntheticDataModule(render_workers=-1)

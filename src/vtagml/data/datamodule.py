@@ -134,6 +134,9 @@ class SyntheticDataModule(MultitaskDataModule):
         train_samples, val_samples, test_samples: split sizes.
         seed: dataset seed.
         in_memory: keep rendered samples in memory (renders each scene once with ``num_workers=0``).
+        render_workers: processes that render the in-memory scenes in ``setup``, before training
+            (None: this machine's cores shared among its training processes; 0: render lazily, as
+            the loader first asks for each scene).
         cache_dir: optional disk cache of rendered samples.
         batch_size, num_workers, pin_memory, persistent_workers: DataLoader options.
         predict_dir: folder of images for ``predict``.
@@ -144,8 +147,9 @@ class SyntheticDataModule(MultitaskDataModule):
     def __init__(self, tasks: Sequence[str] = ("semseg", "depth", "normals", "edges"), size: int | Sequence[int] = 64,
                  domain: str = "a", test_domain: str | None = None, train_samples: int = 2000,
                  val_samples: int = 200, test_samples: int = 200, seed: int = 0, in_memory: bool = True,
-                 cache_dir: str | None = None, batch_size: int = 32, num_workers: int = 0, pin_memory: bool = False,
-                 persistent_workers: bool = True, predict_dir: str | None = None):
+                 render_workers: int | None = None, cache_dir: str | None = None, batch_size: int = 32,
+                 num_workers: int = 0, pin_memory: bool = False, persistent_workers: bool = True,
+                 predict_dir: str | None = None):
         super().__init__(batch_size, num_workers, pin_memory, persistent_workers, predict_dir, seed)
         unknown = [t for t in tasks if t not in SYNTHETIC_TASKS]
         if unknown:
@@ -156,6 +160,18 @@ class SyntheticDataModule(MultitaskDataModule):
         self.kw = dict(size=size, seed=seed, tasks=self.tasks, cache_dir=cache_dir, in_memory=in_memory)
         self.domain, self.test_domain = domain, test_domain or domain
         self.sizes = dict(train=train_samples, val=val_samples, test=test_samples)
+        if render_workers is not None and render_workers < 0:
+            raise ValueError(f"render_workers must be >= 0 or None, got {render_workers}")
+        self.render_workers = render_workers
+
+    def _render_workers(self) -> int:
+        """Renderer processes for this training process: the given count, or the cores this
+        process may use shared among the node's training processes."""
+        if self.render_workers is not None:
+            return self.render_workers
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+        per_node = self.trainer.num_devices if self.trainer is not None else 1
+        return max(1, cores // max(1, per_node))
 
     def setup(self, stage: str | None = None) -> None:
         splits = {"fit": ("train", "val"), "validate": ("val",), "test": ("test",), "predict": ()}
@@ -164,6 +180,8 @@ class SyntheticDataModule(MultitaskDataModule):
                 domain = self.test_domain if split == "test" else self.domain
                 self.datasets[split] = SyntheticScenes(split=split, domain=domain, num_samples=self.sizes[split],
                                                        **self.kw)
+                if self.kw["in_memory"] and self.render_workers != 0:
+                    self.datasets[split].render_all(self._render_workers())
         if stage == "predict":
             self._setup_predict()
 
