@@ -227,3 +227,21 @@ def test_synthetic_datamodule_renders_in_setup_unless_told_to_wait():
     assert len(lazy.datasets["train"]._memory) == batch["image"].shape[0]
     with pytest.raises(ValueError, match="render_workers"):
         SyntheticDataModule(render_workers=-1)
+
+
+def test_render_workers_default_shares_the_cores_and_spawns_only_when_asked(monkeypatch):
+    import multiprocessing
+    import os
+    import types
+
+    from vtagml.data import SyntheticDataModule
+
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(16)), raising=False)
+    monkeypatch.setattr(multiprocessing, "get_start_method", lambda allow_none=False: "fork")
+    dm = SyntheticDataModule()
+    assert dm._render_workers() == 16
+    dm.trainer = types.SimpleNamespace(num_devices=4)  # 4 DDP processes on this node
+    assert dm._render_workers() == 4
+    assert SyntheticDataModule(render_workers=3)._render_workers() == 3
+    monkeypatch.setattr(multiprocessing, "get_start_method", lambda allow_none=False: "spawn")
+    assert SyntheticDataModule()._render_workers() == 1  # in this process: no __main__ guard needed

@@ -3,6 +3,7 @@ model by the CLI, so a task list is written once."""
 
 from __future__ import annotations
 
+import multiprocessing
 import os
 import re
 import warnings
@@ -135,8 +136,8 @@ class SyntheticDataModule(MultitaskDataModule):
         seed: dataset seed.
         in_memory: keep rendered samples in memory (renders each scene once with ``num_workers=0``).
         render_workers: processes that render the in-memory scenes in ``setup``, before training
-            (None: this machine's cores shared among its training processes; 0: render lazily, as
-            the loader first asks for each scene).
+            (None: this machine's cores shared among its training processes where processes fork,
+            as on Linux, else 1, in this process; 0: render lazily, as the loader first asks).
         cache_dir: optional disk cache of rendered samples.
         batch_size, num_workers, pin_memory, persistent_workers: DataLoader options.
         predict_dir: folder of images for ``predict``.
@@ -166,9 +167,12 @@ class SyntheticDataModule(MultitaskDataModule):
 
     def _render_workers(self) -> int:
         """Renderer processes for this training process: the given count, or the cores this
-        process may use shared among the node's training processes."""
+        process may use shared among the node's training processes (where workers fork)."""
         if self.render_workers is not None:
             return self.render_workers
+        method = multiprocessing.get_start_method(allow_none=True) or multiprocessing.get_all_start_methods()[0]
+        if method != "fork":
+            return 1  # spawned workers re-import the user's script (its `__main__` guard): only when asked
         cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
         per_node = self.trainer.num_devices if self.trainer is not None else 1
         return max(1, cores // max(1, per_node))
