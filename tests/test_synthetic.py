@@ -202,7 +202,11 @@ def test_render_all_in_worker_processes_gives_the_lazily_rendered_samples(tmp_pa
     lazy = SyntheticScenes(split="val", size=24, num_samples=7, tasks=tasks)
     ahead = SyntheticScenes(split="val", size=24, num_samples=7, tasks=tasks, in_memory=True, cache_dir=tmp_path)
     first = ahead[2]  # already in memory: kept, not rendered again
-    ahead.render_all(workers=2, chunk=2)  # four chunks over two DataLoader worker processes
+    torch.manual_seed(0)
+    ahead.render_all(workers=2, chunk=2)  # three chunks over two DataLoader worker processes
+    after = torch.rand(3)
+    torch.manual_seed(0)
+    assert torch.equal(after, torch.rand(3))  # the global random state is untouched
     assert sorted(ahead._memory) == list(range(7)) and ahead[2] is first
     assert len(list(tmp_path.glob("*.npz"))) == 7  # the workers fill the disk cache too
     for i in range(7):
@@ -210,16 +214,23 @@ def test_render_all_in_worker_processes_gives_the_lazily_rendered_samples(tmp_pa
         assert set(got) == set(expected)
         for k in expected:
             assert got[k].dtype == expected[k].dtype and torch.equal(got[k], expected[k]), (i, k)
+            # each sample owns its memory: not a view of a chunk, not in shared memory
+            assert got[k].untyped_storage().nbytes() == got[k].nbytes and not got[k].is_shared(), (i, k)
     with pytest.raises(ValueError, match="in_memory=True"):
         lazy.render_all(workers=2)
+    with pytest.raises(ValueError, match="chunk"):
+        ahead.render_all(workers=2, chunk=0)
 
 
 def test_synthetic_datamodule_renders_in_setup_unless_told_to_wait():
     from vtagml.data import SyntheticDataModule
 
-    eager = SyntheticDataModule(tasks=["depth"], size=16, train_samples=5, val_samples=3, render_workers=1)
-    eager.setup("fit")
-    assert len(eager.datasets["train"]._memory) == 5 and len(eager.datasets["val"]._memory) == 3
+    eager = SyntheticDataModule(tasks=["depth"], size=16, train_samples=70, val_samples=3, render_workers=2)
+    eager.setup("fit")  # the train split in two processes (three chunks of 32), val here
+    assert len(eager.datasets["train"]._memory) == 70 and len(eager.datasets["val"]._memory) == 3
+    reference = SyntheticScenes(split="train", size=16, num_samples=70, tasks=["depth"])
+    for i in (0, 33, 69):
+        assert all(torch.equal(eager.datasets["train"][i][k], v) for k, v in reference[i].items()), i
     lazy = SyntheticDataModule(tasks=["depth"], size=16, train_samples=5, val_samples=3, render_workers=0)
     lazy.setup("fit")
     assert lazy.datasets["train"]._memory == {}
@@ -229,19 +240,14 @@ def test_synthetic_datamodule_renders_in_setup_unless_told_to_wait():
         SyntheticDataModule(render_workers=-1)
 
 
-def test_render_workers_default_shares_the_cores_and_spawns_only_when_asked(monkeypatch):
+def test_render_workers_default_is_this_process_threads_and_spawns_only_when_asked(monkeypatch):
     import multiprocessing
-    import os
-    import types
 
     from vtagml.data import SyntheticDataModule
 
-    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(16)), raising=False)
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 6)  # Lightning's share of the node for this process
     monkeypatch.setattr(multiprocessing, "get_start_method", lambda allow_none=False: "fork")
-    dm = SyntheticDataModule()
-    assert dm._render_workers() == 16
-    dm.trainer = types.SimpleNamespace(num_devices=4)  # 4 DDP processes on this node
-    assert dm._render_workers() == 4
+    assert SyntheticDataModule()._render_workers() == 6
     assert SyntheticDataModule(render_workers=3)._render_workers() == 3
     monkeypatch.setattr(multiprocessing, "get_start_method", lambda allow_none=False: "spawn")
     assert SyntheticDataModule()._render_workers() == 1  # in this process: no __main__ guard needed

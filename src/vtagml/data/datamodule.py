@@ -10,6 +10,7 @@ import warnings
 from typing import Sequence
 
 import lightning as L
+import torch
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 from vtagml.data.collate import collate_multitask
@@ -134,10 +135,12 @@ class SyntheticDataModule(MultitaskDataModule):
             (novel-domain evaluation).
         train_samples, val_samples, test_samples: split sizes.
         seed: dataset seed.
-        in_memory: keep rendered samples in memory (renders each scene once with ``num_workers=0``).
+        in_memory: keep rendered samples in memory (each scene renders once; loader workers that
+            fork inherit the scenes rendered in ``setup``).
         render_workers: processes that render the in-memory scenes in ``setup``, before training
-            (None: this machine's cores shared among its training processes where processes fork,
-            as on Linux, else 1, in this process; 0: render lazily, as the loader first asks).
+            (None: one per CPU thread of this process where processes fork, as on Linux, else 1,
+            in this process; 0, or a ``fast_dev_run``: render lazily, as the loader first asks).
+            Every DDP process renders the whole split.
         cache_dir: optional disk cache of rendered samples.
         batch_size, num_workers, pin_memory, persistent_workers: DataLoader options.
         predict_dir: folder of images for ``predict``.
@@ -166,25 +169,25 @@ class SyntheticDataModule(MultitaskDataModule):
         self.render_workers = render_workers
 
     def _render_workers(self) -> int:
-        """Renderer processes for this training process: the given count, or the cores this
-        process may use shared among the node's training processes (where workers fork)."""
+        """Renderer processes: the given count, or as many as this process has CPU threads
+        (``torch.get_num_threads()``: Lightning shares a node's cores among its DDP processes)
+        where worker processes fork; else 1, in this process."""
         if self.render_workers is not None:
             return self.render_workers
         method = multiprocessing.get_start_method(allow_none=True) or multiprocessing.get_all_start_methods()[0]
         if method != "fork":
             return 1  # spawned workers re-import the user's script (its `__main__` guard): only when asked
-        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-        per_node = self.trainer.num_devices if self.trainer is not None else 1
-        return max(1, cores // max(1, per_node))
+        return torch.get_num_threads()
 
     def setup(self, stage: str | None = None) -> None:
         splits = {"fit": ("train", "val"), "validate": ("val",), "test": ("test",), "predict": ()}
+        quick_run = self.trainer is not None and bool(self.trainer.fast_dev_run)  # a few batches: render lazily
         for split in splits.get(stage, ("train", "val", "test")):
             if split not in self.datasets:
                 domain = self.test_domain if split == "test" else self.domain
                 self.datasets[split] = SyntheticScenes(split=split, domain=domain, num_samples=self.sizes[split],
                                                        **self.kw)
-                if self.kw["in_memory"] and self.render_workers != 0:
+                if self.kw["in_memory"] and self.render_workers != 0 and not quick_run:
                     self.datasets[split].render_all(self._render_workers())
         if stage == "predict":
             self._setup_predict()

@@ -38,7 +38,7 @@ from typing import Sequence
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset, default_collate
+from torch.utils.data import DataLoader, Dataset
 
 from vtagml.data.io import atomic_write
 
@@ -557,24 +557,33 @@ class SyntheticScenes(Dataset):
         Training then never waits for the renderer (one core renders about 300 scenes/s at 64x64,
         with the sample conversion; a GPU trains faster than that). The samples are the same bit
         for bit whatever the worker count: each depends only on its key. Chunks of ``chunk``
-        scenes come back through PyTorch's DataLoader workers and are copied out of shared memory
-        at once, so a small ``/dev/shm`` is never filled. Fewer than two workers' worth of chunks
-        render here, in this process.
+        scenes come back from PyTorch DataLoader workers as pickled NumPy arrays (not through
+        ``/dev/shm``, which containers keep small), and every sample owns its memory. The global
+        random state is left as it was. With fewer than two chunks to render per worker, or
+        ``workers < 2``, the scenes render in this process.
         """
         if self._memory is None:
             raise ValueError("render_all keeps the scenes in memory: create the dataset with in_memory=True")
+        if chunk < 1:
+            raise ValueError(f"chunk must be >= 1, got {chunk}")
         missing = [i for i in range(self.num_samples) if i not in self._memory]
         workers = min(int(workers), math.ceil(len(missing) / chunk))
         if workers < 2:
             for index in missing:
                 self[index]
             return
-        loader = DataLoader(_Renders(self, missing), batch_size=chunk, num_workers=workers, collate_fn=default_collate)
+        # its own generator: creating workers would otherwise draw a base seed from the global RNG
+        loader = DataLoader(_Renders(self, missing), batch_size=chunk, num_workers=workers, collate_fn=_as_arrays,
+                            generator=torch.Generator())
         keys = iter(missing)
-        for batch in loader:
-            batch = {k: v.clone() for k, v in batch.items()}  # out of shared memory
-            for values in zip(*batch.values()):
-                self._memory[next(keys)] = dict(zip(batch, values))
+        for samples in loader:
+            for sample in samples:
+                self._memory[next(keys)] = {k: torch.from_numpy(v) for k, v in sample.items()}
+
+
+def _as_arrays(samples: list[dict[str, torch.Tensor]]) -> list[dict[str, np.ndarray]]:
+    """Samples as NumPy arrays, which DataLoader workers send pickled instead of in shared memory."""
+    return [{k: v.numpy() for k, v in sample.items()} for sample in samples]
 
 
 class _Renders(Dataset):
