@@ -12,6 +12,11 @@ at the single best height (what a model that cannot see the height could reach a
 and std-pooled adapted features of every stage to the per-image log scale error; its residual
 spread on the validation split says whether the features hold a scale that a global scale head
 could read (no better than the spread itself: they do not, linearly).
+
+``--height-cnn N`` asks whether the images show the scale at all, to any trained network: a small
+CNN (5 convolutions, GroupNorm, global pooling) trained on N training images to regress the log
+camera height, against the spread of that height around its mean; as a control, the same CNN
+regresses the log median depth, which the visible layout (pitch, distances) partly sets.
 """
 
 from __future__ import annotations
@@ -70,6 +75,50 @@ def ridge_residual_std(x_fit: torch.Tensor, y_fit: torch.Tensor, x: torch.Tensor
     return float((y - (b @ w + y_fit.mean())).std())
 
 
+def cnn_residual_std(x_fit: torch.Tensor, y_fit: torch.Tensor, x: torch.Tensor, y: torch.Tensor,
+                     epochs: int = 12, batch: int = 64, seed: int = 0) -> float:
+    """Std of ``y - prediction`` on (x, y) of a small CNN trained on images x_fit (N, 3, H, W) to y_fit."""
+    torch.manual_seed(seed)
+    layers, cin = [], 3
+    for cout, stride in ((32, 1), (64, 2), (64, 1), (128, 2), (128, 2)):
+        layers += [torch.nn.Conv2d(cin, cout, 3, stride, 1), torch.nn.GroupNorm(8, cout), torch.nn.ReLU()]
+        cin = cout
+    net = torch.nn.Sequential(*layers, torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(), torch.nn.Linear(cin, 1))
+    steps = epochs * (len(x_fit) // batch)
+    opt = torch.optim.AdamW(net.parameters(), 2e-3, weight_decay=1e-4)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, 2e-3, total_steps=steps)
+    mu = y_fit.mean()
+    for _ in range(epochs):
+        perm = torch.randperm(len(x_fit))
+        for i in range(0, len(x_fit) - batch + 1, batch):
+            idx = perm[i:i + batch]
+            loss = torch.nn.functional.mse_loss(net(x_fit[idx]).squeeze(1), y_fit[idx] - mu)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            sched.step()
+    with torch.no_grad():
+        pred = torch.cat([net(x[i:i + 256]).squeeze(1) for i in range(0, len(x), 256)]) + mu
+    return float((y - pred).std())
+
+
+def _height_cnn_rows(args, size) -> list[tuple[str, float]]:
+    """The --height-cnn rows: log camera height and log median depth, prior spread and CNN residual."""
+    data = {}
+    for split, count in (("train", args.height_cnn), ("val", args.samples)):
+        ds = SyntheticScenes(split, size, args.domain, count, args.seed, ("depth",), in_memory=True)
+        ds.render_all(torch.get_num_threads())
+        height = [np.log(sample_geometry(args.seed, split, args.domain, i)["cam"][2]) for i in range(count)]
+        data[split] = (torch.stack([ds[i]["image"] for i in range(count)]), torch.tensor(height, dtype=torch.float32),
+                       torch.stack([ds[i]["depth"][ds[i]["depth"] > 0].median().log() for i in range(count)]))
+    (x_fit, h_fit, d_fit), (x, h, d) = data["train"], data["val"]
+    rows = []
+    for name, y_fit, y in (("log camera height", h_fit, h), ("log median depth (control)", d_fit, d)):
+        rows.append((f"std of the {name} around its mean", float((y - y_fit.mean()).std())))
+        rows.append((f"  after a CNN trained on {args.height_cnn} images", cnn_residual_std(x_fit, y_fit, x, y)))
+    return rows
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("model", help="a saved model directory (vtagml demo's model/)")
@@ -78,6 +127,7 @@ def main() -> None:
     parser.add_argument("--domain", default="a")
     parser.add_argument("--probe", type=int, default=0, help="training scenes of the linear scale probe (0: none)")
     parser.add_argument("--penalty", type=float, default=1000.0, help="ridge penalty of the probe (on standardized features)")
+    parser.add_argument("--height-cnn", type=int, default=0, help="training images of the camera-height CNN (0: none)")
     args = parser.parse_args()
     net = VTAGML.from_adapters(args.model).eval()
     if "depth" not in net.task_names:
@@ -102,6 +152,8 @@ def main() -> None:
         rows.append((f"std of the log scale error after a linear probe ({args.probe} scenes)",
                      ridge_residual_std(fit_feats, log_scale_error(fit_pred, fit_gt).double(), feats, scale.double(),
                                         args.penalty)))
+    if args.height_cnn:
+        rows += _height_cnn_rows(args, net.config["img_size"])
     for name, value in rows:
         print(f"{name:<62} {value:8.4f}")
 
