@@ -55,3 +55,24 @@ def test_ridge_probe_reads_a_linear_signal_and_nothing_else():
     noise_fit, noise = torch.randn(400, dtype=torch.float64), torch.randn(200, dtype=torch.float64)
     left = depth_scale.ridge_residual_std(x_fit, noise_fit, x, noise, penalty=1.0)
     assert float(noise.std()) <= left < 1.1 * float(noise.std())  # unrelated features explain nothing
+
+
+def _stripes(freq: torch.Tensor, size: int = 16) -> torch.Tensor:
+    """(N, 3, size, size) vertical sinusoidal stripes, ``freq`` cycles per image, random phase."""
+    u = torch.arange(size) / size
+    phase = torch.rand(len(freq), 1) * 6.283
+    rows = 0.5 + 0.5 * torch.sin(6.283 * freq[:, None] * u[None] + phase)
+    return rows[:, None, None, :].expand(-1, 3, size, -1).contiguous()
+
+
+def test_cnn_probe_reads_what_the_images_show_and_nothing_else():
+    """A texture's frequency (like the renderer's, per surface) is read; a number it does not show is not."""
+    torch.manual_seed(0)
+    f_fit, f = 1.0 + 3.0 * torch.rand(512), 1.0 + 3.0 * torch.rand(128)
+    x_fit, x = _stripes(f_fit), _stripes(f)
+    y_fit, y = f_fit.log(), f.log()
+    spread = float((y - y_fit.mean()).std())
+    assert depth_scale.cnn_residual_std(x_fit, y_fit, x, y, epochs=15) < 0.5 * spread
+    noise_fit, noise = torch.randn(512) * 0.3, torch.randn(128) * 0.3
+    left = depth_scale.cnn_residual_std(x_fit, noise_fit, x, noise, epochs=15)
+    assert 0.95 * float(noise.std()) < left < 1.3 * float(noise.std())  # nothing to read: the spread stays
