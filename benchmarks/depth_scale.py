@@ -108,9 +108,10 @@ def _height_cnn_rows(args, size) -> list[tuple[str, float]]:
     for split, count in (("train", args.height_cnn), ("val", args.samples)):
         ds = SyntheticScenes(split, size, args.domain, count, args.seed, ("depth",), in_memory=True)
         ds.render_all(torch.get_num_threads())
+        samples = [ds[i] for i in range(count)]
         height = [np.log(sample_geometry(args.seed, split, args.domain, i)["cam"][2]) for i in range(count)]
-        data[split] = (torch.stack([ds[i]["image"] for i in range(count)]), torch.tensor(height, dtype=torch.float32),
-                       torch.stack([ds[i]["depth"][ds[i]["depth"] > 0].median().log() for i in range(count)]))
+        data[split] = (torch.stack([s["image"] for s in samples]), torch.tensor(height, dtype=torch.float32),
+                       torch.stack([s["depth"][s["depth"] > 0].median().log() for s in samples]))
     (x_fit, h_fit, d_fit), (x, h, d) = data["train"], data["val"]
     rows = []
     for name, y_fit, y in (("log camera height", h_fit, h), ("log median depth (control)", d_fit, d)):

@@ -29,6 +29,7 @@ come from NumPy's PCG64 streams and per-pixel work uses only IEEE-exact operatio
 from __future__ import annotations
 
 import colorsys
+import copy
 import functools
 import math
 import os
@@ -591,8 +592,8 @@ class _Renders(Dataset):
     (what :meth:`SyntheticScenes.render_all`'s worker processes receive)."""
 
     def __init__(self, scenes: SyntheticScenes, indices: Sequence[int]):
-        self.scenes = SyntheticScenes(scenes.split, scenes.size, scenes.domain, scenes.num_samples, scenes.seed,
-                                      scenes.tasks, scenes.cache_dir)
+        self.scenes = copy.copy(scenes)
+        self.scenes._memory = None  # the workers render and return; the scenes' memory stays here
         self.indices = list(indices)
 
     def __len__(self) -> int:
