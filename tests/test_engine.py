@@ -313,6 +313,52 @@ def test_non_finite_loss_stops_training_before_the_weights_change(tmp_path, tiny
     assert torch.isfinite(module.net.task_affinity()).all()
 
 
+#: operators that read a tensor's value on the host: on an accelerator each one waits for the device
+HOST_READS = {"aten::item", "aten::_local_scalar_dense", "aten::is_nonzero", "aten::equal", "aten::nonzero",
+              "aten::masked_select", "aten::_unique2", "aten::unique_dim", "aten::unique_consecutive"}
+
+
+class HostReads(Callback):
+    """Profiles one training step from its start to the optimizer step (forward, losses, logging,
+    backward, TROA update) and records each host read with the Python functions it ran in."""
+
+    def __init__(self, step: int = 1):
+        self.step, self.reads, self._profiler = step, [], None
+
+    def on_train_batch_start(self, trainer, module, batch, batch_idx):
+        if batch_idx == self.step:
+            self._profiler = torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU], with_stack=True)
+            self._profiler.__enter__()
+
+    def on_before_optimizer_step(self, trainer, module, optimizer):
+        if self._profiler is None:
+            return
+        self._profiler.__exit__(None, None, None)
+        for event in self._profiler.events():
+            if event.name in HOST_READS:
+                frames, parent = [], event.cpu_parent
+                while parent is not None:
+                    frames.append(parent.name)
+                    parent = parent.cpu_parent
+                self.reads.append((event.name, [f for f in frames if ".py(" in f]))
+        self._profiler = None
+
+
+@pytest.mark.parametrize("troa_exact_every", [0, 1])
+def test_training_step_reads_nothing_back_to_the_host(tmp_path, tiny_checkpoint, troa_exact_every):
+    """Forward, losses and TROA (first order, and the exact lookahead) keep every value on the device,
+    so an accelerator never waits for the host in them. The one exception is by design and CPU-only:
+    the input range check of CPU images (on accelerators it is an asynchronous device assert).
+    (Reads that dispatch no operator, ``tolist()`` or ``numpy()``, are not seen on a CPU.)"""
+    probe = HostReads()
+    module = tiny_module(tiny_checkpoint, troa_exact_every=troa_exact_every)
+    trainer(tmp_path, max_steps=2, enable_checkpointing=False, limit_val_batches=0, callbacks=[probe]).fit(
+        module, tiny_data(batch_size=2))
+    assert probe.reads, "the CPU input check reads its range: the profile saw the step"
+    unexpected = [(op, frames[:3]) for op, frames in probe.reads if not any("_as_unit_range" in f for f in frames)]
+    assert not unexpected
+
+
 def test_fine_tuned_trunk_trains_with_troa(tmp_path, tiny_checkpoint):
     """The mtl-ft setting: the trunk trains too (still run once), TROA still reads branch gradients."""
     net = VTAGML(TINY_SWIN["name"], tasks=TASKS, num_classes=6, img_size=64, checkpoint_path=tiny_checkpoint,

@@ -62,31 +62,28 @@ def lookahead_affinity(gain: Tensor) -> Tensor:
     return torch.where(own > 0, gain / own.clamp_min(1e-300), torch.zeros_like(gain))
 
 
-def lookahead_gains(task_losses: Callable[[Tensor], Tensor], z: Tensor, grads: Tensor, step: float) -> Tensor:
+def lookahead_gains(task_losses: Callable[[Tensor], Tensor], z: Tensor, grads: Tensor, step: float | Tensor) -> Tensor:
     """Lookahead gains ``Ẑ[i, j] = 1 - L_j(z - step ĝ_i) / L_j(z)`` (T + 1 loss evaluations).
 
     Args:
         task_losses: maps an embedding like ``z`` to the (T,) task losses at that embedding.
         z: the shared embedding, e.g. (B, H, W, C).
         grads: (T, *z.shape) gradients ``g_i`` of each task loss with respect to z.
-        step: the step length rho (same for every task).
+        step: the step length rho (same for every task; a 0-dim tensor stays on the device).
 
     Returns:
         (T, T) float64; entries of tasks with a zero gradient (rows) or zero loss (columns) are 0.
+        Nothing is read back to the host: a task with a zero gradient is evaluated at z itself.
     """
     with torch.no_grad():
         base = task_losses(z).double()
-        flat = grads.reshape(grads.shape[0], -1)
-        norms = flat.double().norm(dim=1)
-        rows = []
-        for i in range(grads.shape[0]):
-            if norms[i] == 0:
-                rows.append(torch.zeros_like(base))
-                continue
-            shifted = z - (step / norms[i]).to(z.dtype) * grads[i].to(z.dtype)
-            rows.append(1.0 - task_losses(shifted).double() / base.clamp_min(1e-300))
-        gains = torch.stack(rows)
-    return torch.where((base > 0).view(1, -1), gains, torch.zeros_like(gains))
+        norms = grads.reshape(grads.shape[0], -1).double().norm(dim=1)
+        moved = norms > 0
+        scales = torch.where(moved, step / norms.clamp_min(1e-300), torch.zeros_like(norms)).to(z.dtype)
+        gains = torch.stack([1.0 - task_losses(z - scales[i] * grads[i].to(z.dtype)).double() / base.clamp_min(1e-300)
+                             for i in range(grads.shape[0])])
+        keep = moved.view(-1, 1) & (base > 0).view(1, -1)
+    return torch.where(keep, gains, torch.zeros_like(gains))
 
 
 def conditioning_weights(affinity: Tensor) -> Tensor:
@@ -237,15 +234,14 @@ class TaskAffinity(nn.Module):
         """
         n = min(self.exact_samples, z.shape[0])
         sub, g = z[:n], grads[:, :n].double() / grad_scale
-        step = self.step_size * sub.double().pow(2).mean().sqrt().item() * math.sqrt(sub.numel())
-        finite = bool(torch.isfinite(g).all())
-        gains = lookahead_gains(task_losses, sub, g if finite else torch.zeros_like(g), step)
-        finite = finite and bool(torch.isfinite(gains).all())
+        step = self.step_size * sub.double().pow(2).mean().sqrt() * math.sqrt(sub.numel())  # 0-dim, on the device
+        finite = torch.isfinite(g).all()
+        gains = lookahead_gains(task_losses, sub, torch.where(finite, g, torch.zeros_like(g)), step)
+        finite = finite & torch.isfinite(gains).all()
         ok = labelled.to(gains.device) & (gains.diagonal() > 0)
         mask = (ok.view(-1, 1) & ok.view(1, -1)).double()
         t = self.num_tasks
-        local = torch.cat([torch.nan_to_num(gains * mask).view(-1), mask.view(-1),
-                           torch.tensor([0.0 if finite else 1.0], dtype=torch.float64, device=gains.device)])
+        local = torch.cat([torch.nan_to_num(gains * mask).view(-1), mask.view(-1), (~finite).double().view(1)])
         total = _all_reduce_sum(local)
         gain_sum, measured_count = total[: t * t].view(t, t), total[t * t: 2 * t * t].view(t, t)
         mean_gain = gain_sum / measured_count.clamp_min(1)
