@@ -99,17 +99,13 @@ class Taskonomy(FileMultitaskDataset):
         return records
 
     @staticmethod
-    def _depth(path):
+    def decode_depth(path):
         v = read_png(path)
         if v.dtype != np.uint16 or v.ndim != 2:
             raise ValueError(f"{path}: Taskonomy depth must be single-channel 16-bit, got {v.dtype} {v.shape}")
         return as_label(np.where(v == DEPTH_INVALID, 0.0, v.astype(np.float32) / DEPTH_UNITS_PER_METRE))
 
-    def decode_depth(self, path):
-        return self._depth(path)
-
-    def decode_depth_zbuffer(self, path):
-        return self._depth(path)
+    decode_depth_zbuffer = decode_depth  # the same 16-bit encoding
 
     def decode_normals(self, path):
         """Unit normals; invalid where the sample's depth_euclidean is invalid (if that file exists)."""
@@ -120,23 +116,19 @@ class Taskonomy(FileMultitaskDataset):
         folder, domain = TASKONOMY_FOLDERS["depth"]
         depth_path = path.parents[2] / folder / path.parent.name / path.name.replace("domain_normal", f"domain_{domain}")
         if depth_path.is_file():
-            valid = self._depth(depth_path) > 0
+            valid = self.decode_depth(depth_path) > 0
             n = torch.where(valid, n, torch.zeros_like(n))
         return n
 
     @staticmethod
-    def _edges(path):
+    def decode_edges(path):
         v = read_png(path)
         if v.ndim != 2:
             raise ValueError(f"{path}: Taskonomy edges must be single-channel, got shape {v.shape}")
         scale = 65535.0 if v.dtype == np.uint16 else 255.0
         return as_label(np.clip(v.astype(np.float32) / scale, 0.0, 1.0))
 
-    def decode_edges(self, path):
-        return self._edges(path)
-
-    def decode_edges_occlusion(self, path):
-        return self._edges(path)
+    decode_edges_occlusion = decode_edges  # the same encoding
 
     def decode_semseg(self, path):
         v = read_png(path)
