@@ -20,7 +20,7 @@ optimizer state, batch) + the step's peak allocation above that (CUDA: ``max_mem
 CPU: the profiler's allocation events).
 
 Usage:
-    python benchmarks/bench_speed.py [--device cuda|cpu] [--cases demo,swin_t,swin_b]
+    python benchmarks/bench_speed.py [--device cuda|cpu] [--cases demo,swin_t,swinv2_t,swin_b]
         [--precision fp32,bf16] [--repeats N] [--warmup N] [--batch N] [--inference-only] [--check-syncs]
 
 ``--inference-only`` skips the training steps (and ``fpn_cached``, whose inference is ``fpn``'s): the
@@ -76,6 +76,8 @@ CASES = {
                  DEMO_BACKBONE["kwargs"], dict(embed_dim=64, decoder_channels=48), demo_weights_path()),
     "swin_t": Case("Swin-T 224", "swin_tiny_patch4_window7_224", 224, dict(cpu=4, cuda=32)),
     "swin_b": Case("Swin-B 448", "swin_base_patch4_window7_224", 448, dict(cpu=8, cuda=8)),
+    # Swin V2 (res-post-norm blocks, cosine attention): the paper's Taskonomy backbone family
+    "swinv2_t": Case("Swin V2-T 256", "swinv2_tiny_window8_256", 256, dict(cpu=4, cuda=32)),
 }
 
 
@@ -385,7 +387,7 @@ def main() -> None:
     args = parser.parse_args()
     device = torch.device(args.device)
     cuda = device.type == "cuda"
-    cases = [CASES[c] for c in (args.cases or ("demo,swin_t,swin_b" if cuda else "demo,swin_t")).split(",")]
+    cases = [CASES[c] for c in (args.cases or ("demo,swin_t,swinv2_t,swin_b" if cuda else "demo,swin_t")).split(",")]
     precisions = (args.precision or ("fp32,bf16" if cuda else "fp32")).split(",")
     repeats = args.repeats or (5 if cuda else 3)
     warmup = args.warmup if args.warmup is not None else (3 if cuda else 1)
