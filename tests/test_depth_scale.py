@@ -4,6 +4,7 @@ import importlib.util
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -24,6 +25,14 @@ def test_delta1_counts_valid_pixels_within_the_ratio():
     assert depth_scale.delta1(pred, gt) == pytest.approx(2 / 3)
 
 
+def test_best_factor_maximizes_delta1_closest_to_one():
+    gt = torch.tensor([[[[1.0, 2.0, 4.0, 0.0]]]])
+    assert 1.0 in depth_scale.FACTORS and depth_scale.best_factor(gt, gt) == 1.0
+    # 1.3 x exp(-0.04) = 1.249 is within 1.25, 1.3 x exp(-0.03) = 1.262 is not
+    assert depth_scale.best_factor(gt * 1.3, gt) == pytest.approx(float(np.exp(-0.04)), abs=1e-12)
+    assert depth_scale.delta1(gt * 1.3, gt) == 0.0 and depth_scale.delta1(gt * 1.3 * np.exp(-0.04), gt) == 1.0
+
+
 def _report(tiny_checkpoint, directory, monkeypatch, capsys, seed):
     torch.manual_seed(seed)
     model = VTAGML(TINY_SWIN["name"], tasks=("depth",), img_size=64, checkpoint_path=tiny_checkpoint,
@@ -38,10 +47,14 @@ def _report(tiny_checkpoint, directory, monkeypatch, capsys, seed):
 
 
 def test_report_of_a_saved_model(tiny_checkpoint, tmp_path, monkeypatch, capsys):
-    """Five figures; the camera-height ceiling depends on the data only, not on the model."""
+    """Seven figures; the camera-height ceiling depends on the data only, not on the model; the best
+    global factor is at least as good as none (1 is among those tried)."""
     a = _report(tiny_checkpoint, tmp_path / "a", monkeypatch, capsys, seed=0)
     b = _report(tiny_checkpoint, tmp_path / "b", monkeypatch, capsys, seed=1)
-    assert len(a) == 5 and a.keys() == b.keys()
+    assert len(a) == 7 and a.keys() == b.keys()
+    for v in (a, b):
+        assert v["delta1 at that factor"] >= v["delta1"]
+        assert depth_scale.FACTORS[0] <= v["best global depth factor on these scenes"] <= depth_scale.FACTORS[-1]
     ceiling = [k for k in a if k.startswith("delta1 of the exact depth")]
     assert len(ceiling) == 1 and a[ceiling[0]] == b[ceiling[0]] and 0.0 < a[ceiling[0]] <= 1.0
     assert a["delta1"] != b["delta1"] and all(0.0 <= v[k] <= 1.0 for v in (a, b) for k in v if k.startswith("delta1"))
