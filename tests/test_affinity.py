@@ -136,11 +136,25 @@ def test_non_finite_step_is_skipped(bad):
 
 
 def test_grad_scale_does_not_change_affinity():
+    """Divided out or not: both updates are invariant to a common gradient scale (what lets the
+    trainer leave an fp16 loss scale on the device)."""
+    torch.manual_seed(0)
     grads = torch.randn(3, 2, 6)
-    a, b = TaskAffinity(3), TaskAffinity(3)
+    a, b, c = TaskAffinity(3), TaskAffinity(3), TaskAffinity(3)
     a.update(grads, torch.ones(3, dtype=torch.bool))
     b.update(grads * 1024.0, torch.ones(3, dtype=torch.bool), grad_scale=1024.0)
+    c.update(grads * 1024.0, torch.ones(3, dtype=torch.bool))
     torch.testing.assert_close(a.affinity, b.affinity)
+    torch.testing.assert_close(a.affinity, c.affinity)
+    losses = lambda z: torch.stack([(z - 1).pow(2).sum(), (z + 0.5).pow(2).sum(), z.abs().sum()]) + 1  # noqa: E731
+    z = torch.randn(2, 6, requires_grad=True)
+    values = losses(z)
+    true_grads = torch.stack([torch.autograd.grad(values[i], z, retain_graph=True)[0] for i in range(3)])
+    z = z.detach()
+    exact, scaled = TaskAffinity(3), TaskAffinity(3)
+    exact.update_exact(losses, z, true_grads, torch.ones(3, dtype=torch.bool))  # own steps gain: measured
+    scaled.update_exact(losses, z, true_grads * 1024.0, torch.ones(3, dtype=torch.bool))
+    assert torch.equal(exact.affinity, scaled.affinity) and not torch.equal(exact.affinity, torch.eye(3))
 
 
 def test_conditioning_weights_and_ema():

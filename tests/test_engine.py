@@ -319,8 +319,9 @@ HOST_READS = {"aten::item", "aten::_local_scalar_dense", "aten::is_nonzero", "at
 
 
 class HostReads(Callback):
-    """Profiles one training step from its start to the optimizer step (forward, losses, logging,
-    backward, TROA update) and records each host read with the Python functions it ran in."""
+    """Profiles one whole training step (forward, losses, logging, backward, TROA update, the hooks
+    before the optimizer step, the step) and records each host read with the Python functions it ran
+    in, innermost first."""
 
     def __init__(self, step: int = 1):
         self.step, self.reads, self._profiler = step, [], None
@@ -330,7 +331,7 @@ class HostReads(Callback):
             self._profiler = torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU], with_stack=True)
             self._profiler.__enter__()
 
-    def on_before_optimizer_step(self, trainer, module, optimizer):
+    def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx):
         if self._profiler is None:
             return
         self._profiler.__exit__(None, None, None)
@@ -343,19 +344,42 @@ class HostReads(Callback):
                 self.reads.append((event.name, [f for f in frames if ".py(" in f]))
         self._profiler = None
 
+    def on_exception(self, trainer, module, exception):
+        if self._profiler is not None:
+            self._profiler.__exit__(None, None, None)
+            self._profiler = None
+
+
+def _innermost_vtagml_function(frames: list[str]) -> str | None:
+    """``module.py(275): on_before_optimizer_step`` -> ``on_before_optimizer_step`` (None outside vtagml)."""
+    inner = next((f for f in frames if "vtagml/" in f), None)
+    return inner.rsplit(": ", 1)[-1] if inner else None
+
 
 @pytest.mark.parametrize("troa_exact_every", [0, 1])
 def test_training_step_reads_nothing_back_to_the_host(tmp_path, tiny_checkpoint, troa_exact_every):
     """Forward, losses and TROA (first order, and the exact lookahead) keep every value on the device,
-    so an accelerator never waits for the host in them. The one exception is by design and CPU-only:
-    the input range check of CPU images (on accelerators it is an asynchronous device assert).
-    (Reads that dispatch no operator, ``tolist()`` or ``numpy()``, are not seen on a CPU.)"""
+    so an accelerator never waits for the host in them. Two reads are by design: the input range
+    check of CPU images (on accelerators an asynchronous device assert) and the non-finite loss check
+    before the optimizer step (it must stop training before the weights change). torch's own CPU
+    optimizer internals are not vtagml's. (Reads that dispatch no operator, ``tolist()`` or
+    ``numpy()``, are not seen on a CPU.)"""
     probe = HostReads()
     module = tiny_module(tiny_checkpoint, troa_exact_every=troa_exact_every)
-    trainer(tmp_path, max_steps=2, enable_checkpointing=False, limit_val_batches=0, callbacks=[probe]).fit(
-        module, tiny_data(batch_size=2))
-    assert probe.reads, "the CPU input check reads its range: the profile saw the step"
-    unexpected = [(op, frames[:3]) for op, frames in probe.reads if not any("_as_unit_range" in f for f in frames)]
+    counts = []
+
+    class TroaCounts(Callback):
+        def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx):
+            counts.append(module.net.troa.counts.sum().item())
+
+    trainer(tmp_path, max_steps=2, enable_checkpointing=False, limit_val_batches=0,
+            callbacks=[probe, TroaCounts()]).fit(module, tiny_data(batch_size=2))
+    assert counts[1] > counts[0]  # TROA measured in the profiled step
+    where = {_innermost_vtagml_function(frames) for _, frames in probe.reads}
+    assert {"_as_unit_range", "on_before_optimizer_step"} <= where  # the profile saw the whole step
+    unexpected = [(op, frames[:3]) for op, frames in probe.reads
+                  if _innermost_vtagml_function(frames) not in {"_as_unit_range", "on_before_optimizer_step", None}
+                  or (_innermost_vtagml_function(frames) is None and not any("torch/optim" in f for f in frames))]
     assert not unexpected
 
 

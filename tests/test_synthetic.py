@@ -3,6 +3,7 @@
 import hashlib
 import subprocess
 import sys
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -236,17 +237,33 @@ def test_synthetic_datamodule_renders_in_setup_unless_told_to_wait():
     assert lazy.datasets["train"]._memory == {}
     batch = next(iter(lazy.train_dataloader()))
     assert len(lazy.datasets["train"]._memory) == batch["image"].shape[0]
+    reused = SyntheticDataModule(tasks=["depth"], size=16, train_samples=5, val_samples=3, render_workers=1)
+    reused.trainer = SimpleNamespace(fast_dev_run=True, num_devices=1)
+    reused.setup("fit")
+    assert reused.datasets["train"]._memory == {}  # a quick run renders lazily
+    reused.trainer = SimpleNamespace(fast_dev_run=False, num_devices=1)
+    reused.setup("fit")  # the same datamodule in a full run: what is missing renders now
+    assert len(reused.datasets["train"]._memory) == 5 and len(reused.datasets["val"]._memory) == 3
     with pytest.raises(ValueError, match="render_workers"):
         SyntheticDataModule(render_workers=-1)
 
 
-def test_render_workers_default_is_this_process_threads_and_spawns_only_when_asked(monkeypatch):
+def test_render_workers_default_is_this_process_share_of_the_cores_and_spawns_only_when_asked(monkeypatch):
     import multiprocessing
+    import os
 
     from vtagml.data import SyntheticDataModule
 
-    monkeypatch.setattr(torch, "get_num_threads", lambda: 6)  # Lightning's share of the node for this process
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(16)), raising=False)
     monkeypatch.setattr(multiprocessing, "get_start_method", lambda allow_none=False: "fork")
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 1)  # torchrun's OMP_NUM_THREADS=1
+    assert SyntheticDataModule()._render_workers() == 16  # one process, 16 cores
+    under_ddp = SyntheticDataModule()
+    under_ddp.trainer = SimpleNamespace(num_devices=8)  # 8 processes on this node
+    assert under_ddp._render_workers() == 2
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 6)  # Lightning's share of the node for this process
+    assert under_ddp._render_workers() == 6  # at least this process's CPU threads
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1}, raising=False)
     assert SyntheticDataModule()._render_workers() == 6
     assert SyntheticDataModule(render_workers=3)._render_workers() == 3
     monkeypatch.setattr(multiprocessing, "get_start_method", lambda allow_none=False: "spawn")

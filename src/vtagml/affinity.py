@@ -78,7 +78,7 @@ def lookahead_gains(task_losses: Callable[[Tensor], Tensor], z: Tensor, grads: T
     with torch.no_grad():
         base = task_losses(z).double()
         norms = grads.reshape(grads.shape[0], -1).double().norm(dim=1)
-        moved = norms > 0
+        moved = norms != 0  # a NaN norm keeps its (NaN) row
         scales = torch.where(moved, step / norms.clamp_min(1e-300), torch.zeros_like(norms)).to(z.dtype)
         gains = torch.stack([1.0 - task_losses(z - scales[i] * grads[i].to(z.dtype)).double() / base.clamp_min(1e-300)
                              for i in range(grads.shape[0])])

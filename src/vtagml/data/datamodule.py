@@ -137,13 +137,13 @@ class SyntheticDataModule(MultitaskDataModule):
         seed: dataset seed.
         in_memory: keep rendered samples in memory (each scene renders once; loader workers that
             fork inherit the scenes rendered in ``setup``).
-        render_workers: processes that render the in-memory scenes in ``setup``, before training
-            (None: one per CPU thread of this process where processes fork, as on Linux, else 1,
-            in this process; 0, or a ``fast_dev_run``: render lazily, as the loader first asks).
-            Every DDP process renders the whole split.
         cache_dir: optional disk cache of rendered samples.
         batch_size, num_workers, pin_memory, persistent_workers: DataLoader options.
         predict_dir: folder of images for ``predict``.
+        render_workers: processes that render the in-memory scenes in ``setup``, before training
+            (None: where processes fork, as on Linux, this process's share of the node's cores,
+            at least its CPU threads; else 1, in this process; 0, or a ``fast_dev_run``: render
+            lazily, as the loader first asks). Every DDP process renders the whole split.
     """
 
     dataset_cls = SyntheticScenes
@@ -151,9 +151,8 @@ class SyntheticDataModule(MultitaskDataModule):
     def __init__(self, tasks: Sequence[str] = ("semseg", "depth", "normals", "edges"), size: int | Sequence[int] = 64,
                  domain: str = "a", test_domain: str | None = None, train_samples: int = 2000,
                  val_samples: int = 200, test_samples: int = 200, seed: int = 0, in_memory: bool = True,
-                 render_workers: int | None = None, cache_dir: str | None = None, batch_size: int = 32,
-                 num_workers: int = 0, pin_memory: bool = False, persistent_workers: bool = True,
-                 predict_dir: str | None = None):
+                 cache_dir: str | None = None, batch_size: int = 32, num_workers: int = 0, pin_memory: bool = False,
+                 persistent_workers: bool = True, predict_dir: str | None = None, render_workers: int | None = None):
         super().__init__(batch_size, num_workers, pin_memory, persistent_workers, predict_dir, seed)
         unknown = [t for t in tasks if t not in SYNTHETIC_TASKS]
         if unknown:
@@ -169,15 +168,18 @@ class SyntheticDataModule(MultitaskDataModule):
         self.render_workers = render_workers
 
     def _render_workers(self) -> int:
-        """Renderer processes: the given count, or as many as this process has CPU threads
-        (``torch.get_num_threads()``: Lightning shares a node's cores among its DDP processes)
-        where worker processes fork; else 1, in this process."""
+        """Renderer processes: the given count or, where worker processes fork, this process's share
+        of the cores it may run on (divided among the trainer's processes on this node; at least
+        its CPU threads: under ``torchrun``, ``OMP_NUM_THREADS=1`` says nothing of the cores);
+        else 1, in this process."""
         if self.render_workers is not None:
             return self.render_workers
         method = multiprocessing.get_start_method(allow_none=True) or multiprocessing.get_all_start_methods()[0]
         if method != "fork":
             return 1  # spawned workers re-import the user's script (its `__main__` guard): only when asked
-        return torch.get_num_threads()
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+        local_processes = max(1, int(getattr(self.trainer, "num_devices", 1) or 1))
+        return max(torch.get_num_threads(), cores // local_processes, 1)
 
     def setup(self, stage: str | None = None) -> None:
         splits = {"fit": ("train", "val"), "validate": ("val",), "test": ("test",), "predict": ()}
@@ -187,8 +189,8 @@ class SyntheticDataModule(MultitaskDataModule):
                 domain = self.test_domain if split == "test" else self.domain
                 self.datasets[split] = SyntheticScenes(split=split, domain=domain, num_samples=self.sizes[split],
                                                        **self.kw)
-                if self.kw["in_memory"] and self.render_workers != 0 and not quick_run:
-                    self.datasets[split].render_all(self._render_workers())
+            if self.kw["in_memory"] and self.render_workers != 0 and not quick_run:
+                self.datasets[split].render_all(self._render_workers())  # the scenes not yet rendered
         if stage == "predict":
             self._setup_predict()
 

@@ -257,10 +257,6 @@ class MultitaskModule(L.LightningModule):
         scaler = getattr(self.trainer.precision_plugin, "scaler", None) if self._trainer is not None else None
         return scaler if scaler is not None and scaler.is_enabled() else None
 
-    def _grad_scale(self) -> float:
-        scaler = self._scaler()
-        return float(scaler.get_scale()) if scaler is not None else 1.0
-
     def configure_gradient_clipping(self, optimizer, gradient_clip_val=None, gradient_clip_algorithm=None) -> None:
         """Lightning's mixed-precision plugin refuses to clip for a fused optimizer (one that would
         unscale fp16 gradients inside its step). Without a loss scaler (bf16-mixed) the gradients
@@ -289,6 +285,9 @@ class MultitaskModule(L.LightningModule):
             f"weights were not updated. Check this batch's images and labels (`vtagml data check`) or lower the lr.")
 
     def on_after_backward(self) -> None:
+        """TROA's update from this step's embedding gradients. Both the cosine and the lookahead
+        (a step along each normalized gradient) are invariant to a common scale of the gradients,
+        so an fp16 loss scale needs no dividing out (reading it would be a host sync per step)."""
         if self._troa_batch is None:
             return
         enc, z_all, labelled, batch = self._troa_batch
@@ -299,7 +298,7 @@ class MultitaskModule(L.LightningModule):
         grads = z_all.grad.view(len(tasks), *enc.z.shape)
         exact_every = self.hparams.troa_exact_every
         if not (exact_every and self.global_step % exact_every == 0):
-            troa.update(grads, labelled, self._grad_scale())
+            troa.update(grads, labelled)
             return
         sub, sub_targets = sub_batch(enc, batch, min(troa.exact_samples, enc.z.shape[0]))
 
@@ -307,7 +306,7 @@ class MultitaskModule(L.LightningModule):
             preds = self.net.forward_branches(sub, range(len(tasks)), z.repeat(len(tasks), *([1] * (z.dim() - 1))))
             return torch.stack(list(task_losses(tasks, preds, sub_targets).values()))
 
-        troa.update_exact(losses_at, enc.z, grads, label_counts(tasks, sub_targets) > 0, self._grad_scale())
+        troa.update_exact(losses_at, enc.z, grads, label_counts(tasks, sub_targets) > 0)
 
     # ------------------------------------------------------------------ evaluation
     def _labelled_tasks(self, batch: dict) -> list[int]:
