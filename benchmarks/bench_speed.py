@@ -330,31 +330,40 @@ def format_floors(rows: list[dict]) -> str:
 
 
 # ---------------------------------------------------------------------- host syncs
+def troa_step(module: MultitaskModule, batch: dict, autocast) -> None:
+    """What the trainer runs of a step before the optimizer: forward and loss (``supervised_step``,
+    under ``autocast``), backward, TROA's update (``on_after_backward``); the gradients are freed."""
+    with autocast:
+        total = module.supervised_step(batch, 1)[0]
+    total.backward()
+    module.on_after_backward()
+    module.zero_grad(set_to_none=True)
+
+
 def check_syncs(case: Case, device: torch.device, precision: str, checkpoint: Path) -> str:
-    """Forward + loss of a training step (``supervised_step``) under ``set_sync_debug_mode``:
-    "error" for the verdict, then "warn" to list every synchronizing line."""
+    """Forward, loss, backward and TROA's update of a training step (:func:`troa_step`) under
+    ``set_sync_debug_mode``: "error" for the verdict, then "warn" to list every synchronizing line.
+    (The trainer's non-finite loss check before the optimizer step reads one flag by design.)"""
     module = MultitaskModule(build_net(case, checkpoint), troa=True).to(device)
     batch = make_batch(case.batch["cuda"], case.size, device)
     autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=precision == "bf16")
     module.train()
-    with autocast:
-        module.supervised_step(batch, 1)  # warm-up (lazy initializations may sync once)
+    troa_step(module, batch, autocast)  # warm-up (lazy initializations may sync once)
     torch.cuda.synchronize()
     try:
         torch.cuda.set_sync_debug_mode("error")
-        with autocast:
-            module.supervised_step(batch, 1)
+        troa_step(module, batch, autocast)
         verdict = "no host-device sync"
     except RuntimeError as err:
         verdict = f"SYNC: {str(err).splitlines()[0]}"
     finally:
         torch.cuda.set_sync_debug_mode(0)
+    module.zero_grad(set_to_none=True)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         torch.cuda.set_sync_debug_mode("warn")
         try:
-            with autocast:
-                module.supervised_step(batch, 1)
+            troa_step(module, batch, autocast)
         finally:
             torch.cuda.set_sync_debug_mode(0)
     sites = sorted({f"{w.filename}:{w.lineno}" for w in caught if "synchroniz" in str(w.message)})
@@ -383,7 +392,8 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, help="default 1 on CPU, 3 on CUDA")
     parser.add_argument("--batch", type=int, help="images per batch (default: the case's for the device)")
     parser.add_argument("--inference-only", action="store_true", help="no training steps (nor fpn_cached)")
-    parser.add_argument("--check-syncs", action="store_true", help="only check forward + loss for host syncs (CUDA)")
+    parser.add_argument("--check-syncs", action="store_true",
+                        help="only check forward, loss, backward and TROA's update for host syncs (CUDA)")
     args = parser.parse_args()
     device = torch.device(args.device)
     cuda = device.type == "cuda"

@@ -59,3 +59,14 @@ def test_inference_only_rows_have_no_training_figures():
     assert all(r["batch"] == 2 and r["infer"] > 0 and "train" not in r and "memory" not in r for r in rows)
     table = bench.format_table(rows)
     assert "| demo Swin 64, batch 2 | fp32 | fpn |" in table and table.count(" - |") == 4 * 4
+
+
+def test_sync_check_step_runs_the_step_up_to_the_optimizer():
+    """``--check-syncs`` watches :func:`troa_step`: forward, loss, backward and TROA's update, with
+    the gradients freed after (run here on CPU; the sync check itself needs CUDA)."""
+    case = bench.CASES["demo"]
+    module = bench.MultitaskModule(bench.build_net(case, case.checkpoint), troa=True).train()
+    before = module.net.troa.counts.clone()
+    bench.troa_step(module, bench.make_batch(2, case.size, torch.device("cpu")), torch.autocast("cpu", enabled=False))
+    assert (module.net.troa.counts > before).all()  # every pair of the 4 labelled tasks measured
+    assert all(p.grad is None for p in module.parameters())
