@@ -178,8 +178,8 @@ class SyntheticDataModule(MultitaskDataModule):
         if method != "fork":
             return 1  # spawned workers re-import the user's script (its `__main__` guard): only when asked
         cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-        local_processes = max(1, int(getattr(self.trainer, "num_devices", 1) or 1))
-        return max(torch.get_num_threads(), cores // local_processes, 1)
+        local_processes = self.trainer.num_devices if self.trainer is not None else 1
+        return max(torch.get_num_threads(), cores // local_processes)
 
     def setup(self, stage: str | None = None) -> None:
         splits = {"fit": ("train", "val"), "validate": ("val",), "test": ("test",), "predict": ()}
