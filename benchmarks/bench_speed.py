@@ -46,6 +46,7 @@ from torch import Tensor, nn
 from torch.utils.flop_counter import FlopCounterMode
 
 from vtagml import VTAGML
+from vtagml.engine.machine import describe_device
 from vtagml.engine.module import MultitaskModule, task_losses
 from vtagml.engine.trunk_cache import image_keys
 from vtagml.models.backbone import create_backbone
@@ -404,8 +405,7 @@ def main() -> None:
     if args.check_syncs and not cuda:
         print("--check-syncs skipped: torch.cuda.set_sync_debug_mode watches CUDA syncs only (run with a GPU)")
         return
-    name = torch.cuda.get_device_name(device) if cuda else f"CPU, {torch.get_num_threads()} threads"
-    print(f"device: {name}; torch {torch.__version__}; median of {repeats} round-robin repeats, {warmup} warm-up")
+    print(f"device: {describe_device(device)}; torch {torch.__version__}; median of {repeats} round-robin repeats, {warmup} warm-up")
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         for case in cases:

@@ -457,3 +457,22 @@ def test_paper_configs_state_their_protocol_and_stay_parameter_efficient(config)
     report = net.parameter_report()
     assert report["backbone_parameters"] > 80e6
     assert report["adapters_per_backbone"] < 0.2, report["adapters_per_backbone"]  # measured 0.140 / 0.141
+
+
+def test_describe_device_names_the_cpu_its_instruction_set_and_threads(monkeypatch, tmp_path):
+    from vtagml.engine import machine
+    cpuinfo = tmp_path / "cpuinfo"
+    cpuinfo.write_text("processor\t: 0\nvendor_id\t: AuthenticAMD\nmodel name\t: AMD EPYC 9B14\nflags\t\t: fpu\n")
+    real_open = open
+    monkeypatch.setattr("builtins.open", lambda path, *a, **k: real_open(cpuinfo if path == "/proc/cpuinfo" else path, *a, **k))
+    monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: "AVX2")
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        text = machine.describe_device("cpu")
+    finally:
+        torch.set_num_threads(old)
+    assert text == f"AMD EPYC 9B14, {len(os.sched_getaffinity(0))} cores, AVX2, 1 thread"
+    monkeypatch.setattr("builtins.open", lambda *a, **k: (_ for _ in ()).throw(OSError("no /proc")))
+    monkeypatch.setattr(machine.platform, "processor", lambda: "")
+    assert machine.cpu_name() == "unknown CPU"

@@ -453,6 +453,7 @@ def execute_run(directory: Path, eval_split: str, threads: int | None = None) ->
     """
     import torch
 
+    from vtagml.engine.machine import describe_device
     from vtagml.tasks import primary_metrics
 
     if threads:
@@ -495,7 +496,7 @@ def execute_run(directory: Path, eval_split: str, threads: int | None = None) ->
         epochs=trainer.current_epoch, steps=trainer.global_step,
         fit_seconds=round(fit_seconds, 2), eval_seconds=round(eval_seconds, 2), eval_images=eval_images,
         peak_memory_mb=round(memory, 1), memory_kind=memory_kind, device=str(module.device),
-        threads=torch.get_num_threads(),
+        machine=describe_device(module.device), threads=torch.get_num_threads(),
         run_seconds=round(time.time() - start, 2), cpu_seconds=round(time.process_time() - cpu_start, 2),
     )
 
@@ -843,6 +844,7 @@ def write_report(out: Path, preset: Preset, runs: Sequence[Run], records: Sequen
         next((run.resolved for run in runs if run.resolved), {})
     device = first_ok.get("device", "?") if first_ok else "?"
     threads = first_ok.get("threads") if first_ok else None
+    machine = first_ok.get("machine") if first_ok else None
     memory_kind = first_ok.get("memory_kind", "") if first_ok else ""
     eval_images = first_ok.get("eval_images") if first_ok else None
     md = [f"# vtagml benchmark: {preset.path.stem}", "",
@@ -851,7 +853,8 @@ def write_report(out: Path, preset: Preset, runs: Sequence[Run], records: Sequen
           f"(`seed_everything` 0..{seeds - 1}; the data keep their own seed, so every run has the same splits); "
           f"every model evaluated on the `{preset.eval_split}` split"
           + (f" ({eval_images} images)" if eval_images else "") + f"; device `{device}`"
-          + (f" ({threads} CPU thread(s) per run)" if threads and device == "cpu" else "") + "; runs isolated: "
+          + (f" ({machine}, per run)" if machine else f" ({threads} CPU thread(s) per run)" if threads and device == "cpu"
+             else "") + "; runs isolated: "
           f"{preset.isolation}; benchmark wall time {_duration(wall_seconds)} (this invocation).", "",
           markdown_table(rows, primary, directions), "",
           f"Metrics: mean ± sample standard deviation over seeds. Δm (%): multitask gain against `{REFERENCE}` "

@@ -31,6 +31,7 @@ from vtagml.data.datamodule import SyntheticDataModule
 from vtagml.data.io import atomic_write
 from vtagml.engine.artifacts import AffinityArtifacts, prediction_grid
 from vtagml.engine.checkpoint import AtomicCheckpointIO
+from vtagml.engine.machine import describe_device
 from vtagml.engine.module import MultitaskModule
 from vtagml.models.vtagml import VTAGML
 from vtagml.pretrain import DEMO_BACKBONE, demo_weights_path
@@ -149,13 +150,14 @@ def run_demo(out: Path, epochs: int = DEMO_EPOCHS, train_samples: int = DEMO_TRA
         "fit_seconds": round(fit_seconds, 1),
         "wall_time_s": round(time.time() - start, 1),
         "device": str(module.device),
+        "machine": describe_device(module.device),
         "precision": str(trainer.precision),
     }
     atomic_write(out / "metrics.json", lambda tmp: _write_json(result, tmp))
     print("\n" + _table(per_task))
     print(f"\ntrainable parameters {result['parameters']['trainable']:,} of {result['parameters']['total']:,} "
           f"({100 * result['parameters']['trainable_fraction']:.1f}%); {result['train_images_per_s']} train img/s; "
-          f"wall time {result['wall_time_s']:.0f} s")
+          f"wall time {result['wall_time_s']:.0f} s on {result['machine']}")
     print(f"wrote {out}/metrics.json, affinity.csv, affinity.png, predictions.png, vtagml-demo.ckpt, "
           f"model/ (config.json, adapters.safetensors)")
     return result
