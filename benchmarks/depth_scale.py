@@ -8,6 +8,10 @@ correlation with the scene's depth (regression to the mean), and the ceiling set
 height the renderer draws at random: δ1 of the *exact* depth map scaled as if the camera stood
 at the single best height (what a model that cannot see the height could reach at best).
 
+The one first-order scale cue of these scenes is the ceiling: where it shows, the ratio of the
+camera height to the room height (drawn in 2.5-3.5 m) is visible. It prints the share of scenes that
+show it (more than 2 % of their pixels) and the spread of the log scale error with and without it.
+
 It also prints the single factor on every predicted depth that maximizes δ1 on these scenes (a
 factor grid of 1 % steps, 1 included) and δ1 there: whether a global recalibration of the scale
 would pay (with ``--probe``, also δ1 at the training scenes' best factor).
@@ -30,11 +34,13 @@ import argparse
 import numpy as np
 import torch
 
-from vtagml.data.synthetic import SyntheticScenes, sample_geometry
+from vtagml.data.synthetic import SEMSEG_CLASSES, SyntheticScenes, sample_geometry
 from vtagml.models.vtagml import VTAGML
 from vtagml.tasks.metrics import DepthDelta
 
 THRESHOLD = 1.25
+#: A scene shows the ceiling when more than this share of its pixels are ceiling.
+CEILING_MIN = 0.02
 
 
 def delta1(pred: torch.Tensor, gt: torch.Tensor) -> float:
@@ -44,23 +50,34 @@ def delta1(pred: torch.Tensor, gt: torch.Tensor) -> float:
     return float(metric.compute())
 
 
+def ceiling_shown(semseg: torch.Tensor) -> torch.Tensor:
+    """(N,) bool: the scenes of class maps (N, H, W) whose ceiling covers more than :data:`CEILING_MIN`."""
+    return (semseg == SEMSEG_CLASSES.index("ceiling")).flatten(1).float().mean(1) > CEILING_MIN
+
+
+def _std(values: torch.Tensor) -> float:
+    """Sample standard deviation; NaN for fewer than two values."""
+    return float(values.std()) if len(values) > 1 else float("nan")
+
+
 def _scenes(net: VTAGML, split: str, count: int, args,
-            features: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
-    """Depth predictions, ground truth and (with ``features``) pooled adapted features (mean and std
-    per stage) of ``count`` scenes."""
-    ds = SyntheticScenes(split=split, num_samples=count, tasks=("depth",), domain=args.domain,
+            features: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, torch.Tensor]:
+    """Depth predictions, ground truth, (with ``features``) pooled adapted features (mean and std
+    per stage) and whether the ceiling shows, of ``count`` scenes."""
+    ds = SyntheticScenes(split=split, num_samples=count, tasks=("depth", "semseg"), domain=args.domain,
                          size=net.config["img_size"], seed=args.seed)
-    preds, gts, feats = [], [], []
+    preds, gts, feats, ceilings = [], [], [], []
     with torch.no_grad():
         for start in range(0, len(ds), 50):
             batch = [ds[i] for i in range(start, min(start + 50, len(ds)))]
             images = torch.stack([b["image"] for b in batch])
             preds.append(net(images, tasks=["depth"])["depth"])
             gts.append(torch.stack([b["depth"] for b in batch]))
+            ceilings.append(ceiling_shown(torch.stack([b["semseg"] for b in batch])))
             if features:
                 stages = net.forward_features(images, "depth")
                 feats.append(torch.cat([torch.cat([f.mean((1, 2)), f.std((1, 2))], 1) for f in stages], 1))
-    return torch.cat(preds), torch.cat(gts), torch.cat(feats).double() if features else None
+    return torch.cat(preds), torch.cat(gts), torch.cat(feats).double() if features else None, torch.cat(ceilings)
 
 
 #: Global depth factors tried: exp(-0.2) .. exp(0.2) in steps of 0.01 in log, 1.0 exactly among them.
@@ -146,7 +163,7 @@ def main() -> None:
     net = VTAGML.from_adapters(args.model).eval()
     if "depth" not in net.task_names:
         raise SystemExit(f"the model in {args.model} has no depth task ({net.task_names})")
-    pred, gt, feats = _scenes(net, "val", args.samples, args, features=bool(args.probe))
+    pred, gt, feats, ceiling = _scenes(net, "val", args.samples, args, features=bool(args.probe))
     valid = gt > 0
     scale = log_scale_error(pred, gt)
     gt_median = torch.stack([gt[i][valid[i]].median() for i in range(len(pred))])
@@ -160,11 +177,14 @@ def main() -> None:
         ("std of the per-image log scale error", float(scale.std())),
         ("corr(log scale error, log median depth)", float(np.corrcoef(scale.numpy(), gt_median.log().numpy())[0, 1])),
         (f"delta1 of the exact depth at one camera height ({best:.2f} m)", delta1(prior, gt)),
+        ("share of the scenes that show the ceiling", float(ceiling.float().mean())),
+        ("std of the log scale error where the ceiling shows", _std(scale[ceiling])),
+        ("std of the log scale error where it does not", _std(scale[~ceiling])),
     ]
     factor = best_factor(pred, gt)
     rows += [("best global depth factor on these scenes", factor), ("delta1 at that factor", delta1(pred * factor, gt))]
     if args.probe:
-        fit_pred, fit_gt, fit_feats = _scenes(net, "train", args.probe, args, features=True)
+        fit_pred, fit_gt, fit_feats, _ = _scenes(net, "train", args.probe, args, features=True)
         fit_factor = best_factor(fit_pred, fit_gt)
         rows += [(f"best global depth factor on the {args.probe} training scenes", fit_factor),
                  ("delta1 at the training scenes' factor", delta1(pred * fit_factor, gt))]

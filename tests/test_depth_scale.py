@@ -10,6 +10,7 @@ import torch
 
 from tests.conftest import TINY_SWIN
 from vtagml import VTAGML
+from vtagml.data.synthetic import SEMSEG_CLASSES
 
 SCRIPT = Path(__file__).parents[1] / "benchmarks" / "depth_scale.py"
 SPEC = importlib.util.spec_from_file_location("depth_scale", SCRIPT)
@@ -47,17 +48,28 @@ def _report(tiny_checkpoint, directory, monkeypatch, capsys, seed):
 
 
 def test_report_of_a_saved_model(tiny_checkpoint, tmp_path, monkeypatch, capsys):
-    """Seven figures; the camera-height ceiling depends on the data only, not on the model; the best
-    global factor is at least as good as none (1 is among those tried)."""
+    """Ten figures; the camera-height ceiling and the share of scenes showing the room's ceiling depend
+    on the data only, not on the model; the best global factor is at least as good as none (1 is
+    among those tried)."""
     a = _report(tiny_checkpoint, tmp_path / "a", monkeypatch, capsys, seed=0)
     b = _report(tiny_checkpoint, tmp_path / "b", monkeypatch, capsys, seed=1)
-    assert len(a) == 7 and a.keys() == b.keys()
+    assert len(a) == 10 and a.keys() == b.keys()
+    shown = "share of the scenes that show the ceiling"
+    assert a[shown] == b[shown] and 0.0 <= a[shown] <= 1.0
     for v in (a, b):
         assert v["delta1 at that factor"] >= v["delta1"]
         assert depth_scale.FACTORS[0] <= v["best global depth factor on these scenes"] <= depth_scale.FACTORS[-1]
     ceiling = [k for k in a if k.startswith("delta1 of the exact depth")]
     assert len(ceiling) == 1 and a[ceiling[0]] == b[ceiling[0]] and 0.0 < a[ceiling[0]] <= 1.0
     assert a["delta1"] != b["delta1"] and all(0.0 <= v[k] <= 1.0 for v in (a, b) for k in v if k.startswith("delta1"))
+
+
+def test_ceiling_shown_needs_more_than_two_percent_of_the_pixels():
+    ceiling = SEMSEG_CLASSES.index("ceiling")
+    maps = torch.zeros(3, 10, 10, dtype=torch.long)
+    maps[1, 0, :2] = ceiling  # 2 %: not shown
+    maps[2, 0, :3] = ceiling  # 3 %
+    assert depth_scale.ceiling_shown(maps).tolist() == [False, False, True]
 
 
 def test_ridge_probe_reads_a_linear_signal_and_nothing_else():
