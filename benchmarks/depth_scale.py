@@ -4,13 +4,15 @@
 
 Prints δ1 (max(pred/gt, gt/pred) < 1.25 over valid pixels), δ1 after per-image median scaling
 (what a perfect per-image scale would give), the spread of the per-image log scale error and its
-correlation with the scene's depth (regression to the mean), and the ceiling set by the camera
+correlation with the scene's depth (regression to the mean), and the bound set by the camera
 height the renderer draws at random: δ1 of the *exact* depth map scaled as if the camera stood
 at the single best height (what a model that cannot see the height could reach at best).
 
-The one first-order scale cue of these scenes is the ceiling: where it shows, the ratio of the
-camera height to the room height (drawn in 2.5-3.5 m) is visible. It prints the share of scenes that
-show it (more than 2 % of their pixels) and the spread of the log scale error with and without it.
+The one first-order scale cue of these scenes is the room's ceiling: where it shows, the ratio of
+the camera height to the room height (drawn in 2.5-3.5 m) is visible. It prints the share of scenes
+that show it (more than 2 % of their pixels ceiling) and the spread of the per-image log scale error
+on the scenes with and without it (scenes that show it also look less steeply down: a difference
+is a hint, not a measurement of the cue alone).
 
 It also prints the single factor on every predicted depth that maximizes δ1 on these scenes (a
 factor grid of 1 % steps, 1 included) and δ1 there: whether a global recalibration of the scale
@@ -39,7 +41,7 @@ from vtagml.models.vtagml import VTAGML
 from vtagml.tasks.metrics import DepthDelta
 
 THRESHOLD = 1.25
-#: A scene shows the ceiling when more than this share of its pixels are ceiling.
+#: A scene shows the room's ceiling when more than this share of its pixels are ceiling.
 CEILING_MIN = 0.02
 
 
@@ -177,9 +179,9 @@ def main() -> None:
         ("std of the per-image log scale error", float(scale.std())),
         ("corr(log scale error, log median depth)", float(np.corrcoef(scale.numpy(), gt_median.log().numpy())[0, 1])),
         (f"delta1 of the exact depth at one camera height ({best:.2f} m)", delta1(prior, gt)),
-        ("share of the scenes that show the ceiling", float(ceiling.float().mean())),
-        ("std of the log scale error where the ceiling shows", _std(scale[ceiling])),
-        ("std of the log scale error where it does not", _std(scale[~ceiling])),
+        ("share of the scenes that show the room's ceiling", float(ceiling.float().mean())),
+        ("std of the per-image log scale error where the ceiling shows", _std(scale[ceiling])),
+        ("std of the per-image log scale error where it does not", _std(scale[~ceiling])),
     ]
     factor = best_factor(pred, gt)
     rows += [("best global depth factor on these scenes", factor), ("delta1 at that factor", delta1(pred * factor, gt))]

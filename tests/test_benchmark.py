@@ -222,7 +222,10 @@ def test_benchmark_resumes_caches_and_reuses(fit_config, tmp_path, monkeypatch):
     from vtagml.engine.machine import describe_device
     assert vt["machine"] == describe_device("cpu") and describe_device("cpu") in md  # timings name their machine
 
-    # rerun, plus a method whose config equals mtl's: nothing trains, mtl's run is reused
+    # rerun, plus a method whose config equals mtl's: nothing trains, mtl's run is reused; one cached run
+    # was measured on another machine (a resumed benchmark): the report names both
+    mtl_result = out / "runs" / "mtl-seed0" / "result.json"
+    mtl_result.write_text(json.dumps({**results["mtl-seed0"], "machine": "Other CPU, 8 CPUs, AVX512, 8 threads"}))
     write_preset(tmp_path, fit_config, methods=["mtl", "vtagml", "mtl-again"],
                  define_methods={"mtl-again": {"base": "mtl"}})
     counter = Counting(monkeypatch)
@@ -232,6 +235,9 @@ def test_benchmark_resumes_caches_and_reuses(fit_config, tmp_path, monkeypatch):
     assert any("mtl-again-seed0: cached (same config as mtl-seed0)" in line for line in lines)
     again = {r.method: r for r in rows}
     assert again["mtl-again"].metrics == again["mtl"].metrics
+    md = (out / "benchmark.md").read_text()
+    assert "Other CPU, 8 CPUs, AVX512, 8 threads" in md and describe_device("cpu") in md
+    assert "timings from different machines" in md
 
     # each run's config is a `vtagml fit` config that trains that model alone
     from vtagml.cli import run_cli

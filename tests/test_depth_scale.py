@@ -10,7 +10,7 @@ import torch
 
 from tests.conftest import TINY_SWIN
 from vtagml import VTAGML
-from vtagml.data.synthetic import SEMSEG_CLASSES
+from vtagml.data.synthetic import SEMSEG_CLASSES, SyntheticScenes
 
 SCRIPT = Path(__file__).parents[1] / "benchmarks" / "depth_scale.py"
 SPEC = importlib.util.spec_from_file_location("depth_scale", SCRIPT)
@@ -48,28 +48,43 @@ def _report(tiny_checkpoint, directory, monkeypatch, capsys, seed):
 
 
 def test_report_of_a_saved_model(tiny_checkpoint, tmp_path, monkeypatch, capsys):
-    """Ten figures; the camera-height ceiling and the share of scenes showing the room's ceiling depend
+    """Ten figures; the camera-height bound and the share of scenes showing the room's ceiling depend
     on the data only, not on the model; the best global factor is at least as good as none (1 is
     among those tried)."""
     a = _report(tiny_checkpoint, tmp_path / "a", monkeypatch, capsys, seed=0)
     b = _report(tiny_checkpoint, tmp_path / "b", monkeypatch, capsys, seed=1)
     assert len(a) == 10 and a.keys() == b.keys()
-    shown = "share of the scenes that show the ceiling"
+    shown = "share of the scenes that show the room's ceiling"
     assert a[shown] == b[shown] and 0.0 <= a[shown] <= 1.0
     for v in (a, b):
         assert v["delta1 at that factor"] >= v["delta1"]
         assert depth_scale.FACTORS[0] <= v["best global depth factor on these scenes"] <= depth_scale.FACTORS[-1]
-    ceiling = [k for k in a if k.startswith("delta1 of the exact depth")]
-    assert len(ceiling) == 1 and a[ceiling[0]] == b[ceiling[0]] and 0.0 < a[ceiling[0]] <= 1.0
+    bound = [k for k in a if k.startswith("delta1 of the exact depth")]
+    assert len(bound) == 1 and a[bound[0]] == b[bound[0]] and 0.0 < a[bound[0]] <= 1.0
     assert a["delta1"] != b["delta1"] and all(0.0 <= v[k] <= 1.0 for v in (a, b) for k in v if k.startswith("delta1"))
 
 
 def test_ceiling_shown_needs_more_than_two_percent_of_the_pixels():
     ceiling = SEMSEG_CLASSES.index("ceiling")
     maps = torch.zeros(3, 10, 10, dtype=torch.long)
-    maps[1, 0, :2] = ceiling  # 2 %: not shown
+    maps[1, 0, :1] = ceiling  # 1 %: not shown
     maps[2, 0, :3] = ceiling  # 3 %
     assert depth_scale.ceiling_shown(maps).tolist() == [False, False, True]
+    scenes = SyntheticScenes("val", 64, "a", 60, 0, ("semseg",))  # the renderer labels the ceiling, in some scenes
+    share = float(depth_scale.ceiling_shown(torch.stack([scenes[i]["semseg"] for i in range(60)])).float().mean())
+    assert 0.0 < share < 0.5
+
+
+@pytest.mark.parametrize("shown", [True, False])
+def test_scale_spread_by_ceiling_splits_the_scenes(shown, tiny_checkpoint, tmp_path, monkeypatch, capsys):
+    """Where every scene (or none) shows the ceiling, its group's spread is the whole split's; the other is NaN."""
+    monkeypatch.setattr(depth_scale, "ceiling_shown", lambda semseg: torch.full((len(semseg),), shown))
+    rows = _report(tiny_checkpoint, tmp_path / "m", monkeypatch, capsys, seed=0)
+    whole = rows["std of the per-image log scale error"]
+    with_it = rows["std of the per-image log scale error where the ceiling shows"]
+    without = rows["std of the per-image log scale error where it does not"]
+    assert rows["share of the scenes that show the room's ceiling"] == float(shown)
+    assert (with_it, np.isnan(without)) == (whole, True) if shown else (without, np.isnan(with_it)) == (whole, True)
 
 
 def test_ridge_probe_reads_a_linear_signal_and_nothing_else():

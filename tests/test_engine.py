@@ -463,16 +463,31 @@ def test_describe_device_names_the_cpu_its_instruction_set_and_threads(monkeypat
     from vtagml.engine import machine
     cpuinfo = tmp_path / "cpuinfo"
     cpuinfo.write_text("processor\t: 0\nvendor_id\t: AuthenticAMD\nmodel name\t: AMD EPYC 9B14\nflags\t\t: fpu\n")
-    real_open = open
-    monkeypatch.setattr("builtins.open", lambda path, *a, **k: real_open(cpuinfo if path == "/proc/cpuinfo" else path, *a, **k))
+    assert machine.cpu_name(str(cpuinfo)) == "AMD EPYC 9B14"
+    monkeypatch.setattr(machine, "cpu_name", lambda: "AMD EPYC 9B14")
+    monkeypatch.setattr(machine, "usable_cpus", lambda: 2)
     monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: "AVX2")
     old = torch.get_num_threads()
-    torch.set_num_threads(1)
     try:
-        text = machine.describe_device("cpu")
+        torch.set_num_threads(1)
+        assert machine.describe_device("cpu") == "AMD EPYC 9B14, 2 CPUs, AVX2, 1 thread"
+        torch.set_num_threads(2)
+        assert machine.describe_device(torch.device("cpu")) == "AMD EPYC 9B14, 2 CPUs, AVX2, 2 threads"
     finally:
         torch.set_num_threads(old)
-    assert text == f"AMD EPYC 9B14, {len(os.sched_getaffinity(0))} cores, AVX2, 1 thread"
-    monkeypatch.setattr("builtins.open", lambda *a, **k: (_ for _ in ()).throw(OSError("no /proc")))
+    asked = []
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda d: asked.append(d) or "NVIDIA H100 80GB HBM3")
+    assert machine.describe_device("cuda:1") == "NVIDIA H100 80GB HBM3" and asked == [torch.device("cuda:1")]
+    assert machine.describe_device("meta") == "meta"
+
+
+def test_cpu_name_falls_back_without_a_model_name(monkeypatch, tmp_path):
+    from vtagml.engine import machine
+    arm = tmp_path / "cpuinfo"
+    arm.write_text("processor\t: 0\nBogoMIPS\t: 50.00\nCPU part\t: 0xd40\n")  # aarch64: no "model name"
     monkeypatch.setattr(machine.platform, "processor", lambda: "")
-    assert machine.cpu_name() == "unknown CPU"
+    monkeypatch.setattr(machine.platform, "machine", lambda: "aarch64")
+    assert machine.cpu_name(str(arm)) == "aarch64"
+    assert machine.cpu_name(str(tmp_path / "missing")) == "aarch64"
+    monkeypatch.setattr(machine.platform, "machine", lambda: "")
+    assert machine.cpu_name(str(arm)) == "unknown CPU"

@@ -844,7 +844,10 @@ def write_report(out: Path, preset: Preset, runs: Sequence[Run], records: Sequen
         next((run.resolved for run in runs if run.resolved), {})
     device = first_ok.get("device", "?") if first_ok else "?"
     threads = first_ok.get("threads") if first_ok else None
-    machine = first_ok.get("machine") if first_ok else None
+    # runs may come from the cache or a resumed benchmark on another host: name every machine
+    machines = sorted({r["machine"] for r in records if r.get("status") == "ok" and r.get("machine")})
+    machine = ("; ".join(machines) + (" (timings from different machines: compare img/s within one)"
+                                      if len(machines) > 1 else "")) if machines else None
     memory_kind = first_ok.get("memory_kind", "") if first_ok else ""
     eval_images = first_ok.get("eval_images") if first_ok else None
     md = [f"# vtagml benchmark: {preset.path.stem}", "",
@@ -853,7 +856,7 @@ def write_report(out: Path, preset: Preset, runs: Sequence[Run], records: Sequen
           f"(`seed_everything` 0..{seeds - 1}; the data keep their own seed, so every run has the same splits); "
           f"every model evaluated on the `{preset.eval_split}` split"
           + (f" ({eval_images} images)" if eval_images else "") + f"; device `{device}`"
-          + (f" ({machine}, per run)" if machine else f" ({threads} CPU thread(s) per run)" if threads and device == "cpu"
+          + (f" ({machine})" if machine else f" ({threads} CPU thread(s) per run)" if threads and device == "cpu"
              else "") + "; runs isolated: "
           f"{preset.isolation}; benchmark wall time {_duration(wall_seconds)} (this invocation).", "",
           markdown_table(rows, primary, directions), "",
