@@ -46,7 +46,7 @@ from torch import Tensor, nn
 from torch.utils.flop_counter import FlopCounterMode
 
 from vtagml import VTAGML
-from vtagml.engine.machine import describe_device
+from vtagml.machine import describe_device
 from vtagml.engine.module import MultitaskModule, task_losses
 from vtagml.engine.trunk_cache import image_keys
 from vtagml.models.backbone import create_backbone
@@ -405,7 +405,8 @@ def main() -> None:
     if args.check_syncs and not cuda:
         print("--check-syncs skipped: torch.cuda.set_sync_debug_mode watches CUDA syncs only (run with a GPU)")
         return
-    print(f"device: {describe_device(device)}; torch {torch.__version__}; median of {repeats} round-robin repeats, {warmup} warm-up")
+    print(f"device: {describe_device(device)}; torch {torch.__version__}; median of {repeats} round-robin repeats, "
+          f"{warmup} warm-up")
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         for case in cases:

@@ -219,7 +219,7 @@ def test_benchmark_resumes_caches_and_reuses(fit_config, tmp_path, monkeypatch):
     assert (out / "benchmark.png").stat().st_size > 10_000
     md = (out / "benchmark.md").read_text()
     assert "| vtagml |" in md and "Δm" in md and "vtagml fit --config" in md
-    from vtagml.engine.machine import describe_device
+    from vtagml.machine import describe_device
     assert vt["machine"] == describe_device("cpu") and describe_device("cpu") in md  # timings name their machine
 
     # rerun, plus a method whose config equals mtl's: nothing trains, mtl's run is reused; one cached run

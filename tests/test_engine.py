@@ -460,7 +460,7 @@ def test_paper_configs_state_their_protocol_and_stay_parameter_efficient(config)
 
 
 def test_describe_device_names_the_cpu_its_instruction_set_and_threads(monkeypatch, tmp_path):
-    from vtagml.engine import machine
+    from vtagml import machine
     cpuinfo = tmp_path / "cpuinfo"
     cpuinfo.write_text("processor\t: 0\nvendor_id\t: AuthenticAMD\nmodel name\t: AMD EPYC 9B14\nflags\t\t: fpu\n")
     assert machine.cpu_name(str(cpuinfo)) == "AMD EPYC 9B14"
@@ -482,7 +482,7 @@ def test_describe_device_names_the_cpu_its_instruction_set_and_threads(monkeypat
 
 
 def test_cpu_name_falls_back_without_a_model_name(monkeypatch, tmp_path):
-    from vtagml.engine import machine
+    from vtagml import machine
     arm = tmp_path / "cpuinfo"
     arm.write_text("processor\t: 0\nBogoMIPS\t: 50.00\nCPU part\t: 0xd40\n")  # aarch64: no "model name"
     monkeypatch.setattr(machine.platform, "processor", lambda: "")

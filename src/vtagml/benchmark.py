@@ -453,7 +453,7 @@ def execute_run(directory: Path, eval_split: str, threads: int | None = None) ->
     """
     import torch
 
-    from vtagml.engine.machine import describe_device
+    from vtagml.machine import describe_device
     from vtagml.tasks import primary_metrics
 
     if threads:
@@ -846,8 +846,9 @@ def write_report(out: Path, preset: Preset, runs: Sequence[Run], records: Sequen
     threads = first_ok.get("threads") if first_ok else None
     # runs may come from the cache or a resumed benchmark on another host: name every machine
     machines = sorted({r["machine"] for r in records if r.get("status") == "ok" and r.get("machine")})
-    machine = ("; ".join(machines) + (" (timings from different machines: compare img/s within one)"
-                                      if len(machines) > 1 else "")) if machines else None
+    machine = "; ".join(machines)
+    if len(machines) > 1:
+        machine += " (timings from different machines: compare img/s within one)"
     memory_kind = first_ok.get("memory_kind", "") if first_ok else ""
     eval_images = first_ok.get("eval_images") if first_ok else None
     md = [f"# vtagml benchmark: {preset.path.stem}", "",

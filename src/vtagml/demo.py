@@ -31,7 +31,7 @@ from vtagml.data.datamodule import SyntheticDataModule
 from vtagml.data.io import atomic_write
 from vtagml.engine.artifacts import AffinityArtifacts, prediction_grid
 from vtagml.engine.checkpoint import AtomicCheckpointIO
-from vtagml.engine.machine import describe_device
+from vtagml.machine import describe_device
 from vtagml.engine.module import MultitaskModule
 from vtagml.models.vtagml import VTAGML
 from vtagml.pretrain import DEMO_BACKBONE, demo_weights_path

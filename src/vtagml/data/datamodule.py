@@ -17,6 +17,7 @@ from vtagml.data.collate import collate_multitask
 from vtagml.data.image_folder import ImageFolder, ReadableImages
 from vtagml.data.synthetic import SEMSEG_CLASSES, SYNTHETIC_TASKS, SyntheticScenes
 from vtagml.data.transforms import JointTransform, augmentation_generator
+from vtagml.machine import usable_cpus
 
 
 class EpochShuffleSampler(DistributedSampler):
@@ -177,9 +178,8 @@ class SyntheticDataModule(MultitaskDataModule):
         method = multiprocessing.get_start_method(allow_none=True) or multiprocessing.get_all_start_methods()[0]
         if method != "fork":
             return 1  # spawned workers re-import the user's script (its `__main__` guard): only when asked
-        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
         local_processes = self.trainer.num_devices if self.trainer is not None else 1
-        return max(torch.get_num_threads(), cores // local_processes)
+        return max(torch.get_num_threads(), usable_cpus() // local_processes)
 
     def setup(self, stage: str | None = None) -> None:
         splits = {"fit": ("train", "val"), "validate": ("val",), "test": ("test",), "predict": ()}
